@@ -1,0 +1,25 @@
+# Two entry points: `make demo` (the main job) and `make test` (the test suite).
+# Both create .venv, install torch==2.13.0 first (the CPU wheel), then the project.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint install
+
+$(BIN)/gridlens: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev,tl,sae]'
+	touch $@
+
+install: $(BIN)/gridlens
+
+demo: install
+	$(BIN)/gridlens world gallery --out gallery.png
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
