@@ -28,7 +28,6 @@ class QuizBatch:
     grids:      [n, 4, H, W] clean grids in canonical order (A, f_A, B, f_B).
     objects:    [n, 4, H, W] object index per cell (-1 background), canonical order.
     roles:      [n, 4, H, W] index into `role_names` (task-qualified, e.g. "contact/anchor").
-    changes:    [n, 4, H, W] True where X and f(X) differ (set on both grids of the pair).
     noise:      [n, 4, H, W] True where prompt noise replaced a cell (canonical order).
     params:     task -> (quiz indices, parameter arrays for those quizzes).
     """
@@ -39,7 +38,6 @@ class QuizBatch:
     grids: np.ndarray
     objects: np.ndarray
     roles: np.ndarray
-    changes: np.ndarray
     noise: np.ndarray
     role_names: tuple[str, ...]
     params: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = field(default_factory=dict)
@@ -48,6 +46,11 @@ class QuizBatch:
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    @property
+    def changes(self) -> np.ndarray:
+        """[n, 4, H, W] True where X and f(X) differ, set on both grids of the pair."""
+        return np.repeat(self.grids[:, 0::2] != self.grids[:, 1::2], 2, axis=1)
 
     def params_of(self, i: int) -> dict[str, np.ndarray]:
         """The transform parameters of quiz i."""
@@ -68,19 +71,21 @@ class QuizBatch:
         return out.reshape(n, -1)
 
     def subset(self, index: np.ndarray | Sequence[int]) -> QuizBatch:
-        """The quizzes at `index`, metadata included."""
+        """The quizzes at `index` (distinct indices or a bool mask), metadata included."""
         idx = np.asarray(index)
         if idx.dtype == bool:
             idx = np.flatnonzero(idx)
+        if len(np.unique(idx)) != len(idx):
+            raise ConfigError("subset indices must be distinct")
+        inverse = np.full(len(self), -1)
+        inverse[idx] = np.arange(len(idx))
         params = {}
         for task, (rows, arrays) in self.params.items():
-            keep = np.isin(rows, idx)
-            new_rows = np.searchsorted(idx, rows[keep]) if np.all(np.diff(idx) > 0) else None
-            if new_rows is None:
-                position = {int(v): p for p, v in enumerate(idx)}
-                new_rows = np.array([position[int(r)] for r in rows[keep]], dtype=np.int64)
-            if keep.any():
-                params[task] = (new_rows, {k: v[keep] for k, v in arrays.items()})
+            new_rows = inverse[rows]
+            keep = np.flatnonzero(new_rows >= 0)
+            keep = keep[np.argsort(new_rows[keep])]
+            if len(keep):
+                params[task] = (new_rows[keep], {k: v[keep] for k, v in arrays.items()})
         return QuizBatch(
             tokens=self.tokens[torch.as_tensor(idx)],
             task=self.task[idx],
@@ -88,7 +93,6 @@ class QuizBatch:
             grids=self.grids[idx],
             objects=self.objects[idx],
             roles=self.roles[idx],
-            changes=self.changes[idx],
             noise=self.noise[idx],
             role_names=self.role_names,
             params=params,
@@ -157,9 +161,6 @@ def generate(
             roles[rows] = np.where(local > 0, local + offset, 0)
         params[name] = (rows, sample.params)
 
-    pair_change = grids[:, 0::2] != grids[:, 1::2]  # [n, 2, H, W]
-    changes = np.repeat(pair_change, 2, axis=1)
-
     structure_index = rng.integers(0, len(structures), size=n)
     tokens = torch.empty(n, quiz_length(height, width), dtype=torch.long)
     noise_cells = np.zeros(grids.shape, dtype=bool)
@@ -182,7 +183,6 @@ def generate(
         grids=grids,
         objects=objects,
         roles=roles,
-        changes=changes,
         noise=noise_cells,
         role_names=tuple(role_names),
         params=params,
