@@ -36,7 +36,7 @@ class ConfigError(GridlensError, ValueError):
 def unknown_name(kind: str, name: str, known: Iterable[str]) -> UnknownNameError:
     """An error for `name` that lists the known names and suggests the closest ones."""
     known = list(known)
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     listing = ", ".join(known) if len(known) <= 20 else ", ".join(known[:20]) + ", ..."
     return UnknownNameError(f"unknown {kind} {name!r}{hint} (known: {listing})")

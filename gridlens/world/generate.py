@@ -101,7 +101,8 @@ class QuizBatch:
         )
 
 
-def _resolve_structures(structure: str | Sequence[str] | None) -> tuple[str, ...]:
+def resolve_structures(structure: str | Sequence[str] | None) -> tuple[str, ...]:
+    """None -> forward only; "mix"/"all" -> the five training structures; names -> validated."""
     if structure is None:
         return ("forward",)
     if structure in ("mix", "all"):
@@ -130,13 +131,17 @@ def generate(
     (uniform over the five original structures). noise: prompt-noise probability per cell.
     """
     names = resolve_tasks(tasks)
-    structures = _resolve_structures(structure)
+    structures = resolve_structures(structure)
     if n < 0:
         raise ConfigError(f"n must be >= 0, got {n}")
     if not 0.0 <= noise <= 1.0:
         raise ConfigError(f"noise must be a probability in [0, 1], got {noise}")
     for name in names:
         get_task(name).validate_size(height, width)
+    if not isinstance(seed, np.random.Generator) and (
+        isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0
+    ):
+        raise ConfigError(f"seed must be a non-negative integer or a numpy Generator, got {seed!r}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
     task_index = rng.integers(0, len(names), size=n)

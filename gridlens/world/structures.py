@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from gridlens.errors import unknown_name
-from gridlens.world.tokens import GRID_NAMES, N_COLORS
+from gridlens.errors import TokenError, unknown_name
+from gridlens.world.tokens import GRID_NAMES, MARKER_TOKENS, N_COLORS, validate_tokens
 
 
 @dataclass(frozen=True)
@@ -81,3 +82,16 @@ def noise_cells(
     hit = (rng.random((n, 4, height, width)) < p) & slots
     colours = rng.integers(0, N_COLORS, size=(n, 4, height, width))
     return hit, colours
+
+
+def to_forward_tokens(tokens: torch.Tensor, height: int = 10, width: int = 10) -> torch.Tensor:
+    """Reorder each quiz's grids to (A, f_A, B, f_B) using its own markers (quizzes of a batch
+    may have different structures), like the original `reconfigure`."""
+    validate_tokens(tokens, height, width)
+    t = torch.as_tensor(tokens).long().reshape(len(tokens), 4, 1 + height * width)
+    markers = t[:, :, 0]
+    want = torch.tensor([MARKER_TOKENS[g] for g in GRID_NAMES], device=t.device)
+    if not (markers.sort(dim=1).values == want).all():
+        raise TokenError("every quiz must hold the four markers A, f_A, B, f_B once each")
+    slot = (markers[:, None, :] == want[None, :, None]).float().argmax(-1)  # [n, 4]
+    return torch.gather(t, 1, slot[:, :, None].expand_as(t)).reshape(len(tokens), -1)
