@@ -11,12 +11,7 @@ import torch
 from gridlens.errors import ConfigError, TokenError
 from gridlens.world import structures as st
 from gridlens.world.tasks import get_task, resolve_tasks
-from gridlens.world.tokens import (
-    grid_size_from_length,
-    grids_to_tokens,
-    quiz_length,
-    tokens_to_grids,
-)
+from gridlens.world.tokens import MARKER_TOKENS, grid_size_from_length, tokens_to_grids
 
 
 @dataclass
@@ -25,7 +20,7 @@ class QuizBatch:
 
     tokens:     long [n, 4 * (1 + H*W)], each quiz in its own structure, noise applied.
     task:       [n] task name per quiz.        structure: [n] structure name per quiz.
-    grids:      [n, 4, H, W] clean grids in canonical order (A, f_A, B, f_B).
+    grids:      [n, 4, H, W] int8 clean grids in canonical order (A, f_A, B, f_B).
     objects:    [n, 4, H, W] object index per cell (-1 background), canonical order.
     roles:      [n, 4, H, W] index into `role_names` (task-qualified, e.g. "contact/anchor").
     noise:      [n, 4, H, W] True where prompt noise replaced a cell (canonical order).
@@ -101,6 +96,19 @@ class QuizBatch:
         )
 
 
+def _rows(mask: np.ndarray) -> np.ndarray | slice:
+    """Indices where `mask` holds, or a whole-batch slice (no copying) when it always does."""
+    return slice(None) if mask.all() else np.flatnonzero(mask)
+
+
+def _empty(rows: np.ndarray | slice) -> bool:
+    return not isinstance(rows, slice) and len(rows) == 0
+
+
+def _count(rows: np.ndarray | slice, n: int) -> int:
+    return n if isinstance(rows, slice) else len(rows)
+
+
 def resolve_structures(structure: str | Sequence[str] | None) -> tuple[str, ...]:
     """None -> forward only; "mix"/"all" -> the five training structures; names -> validated."""
     if structure is None:
@@ -145,41 +153,44 @@ def generate(
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
     task_index = rng.integers(0, len(names), size=n)
-    grids = np.zeros((n, 4, height, width), dtype=np.int64)
+    grids = np.zeros((n, 4, height, width), dtype=np.int8)
     objects = np.full(grids.shape, -1, dtype=np.int8)
     roles = np.zeros(grids.shape, dtype=np.int16)
     role_names: list[str] = ["background"]
     params: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
     for t, name in enumerate(names):
-        rows = np.flatnonzero(task_index == t)
-        if not len(rows):
+        rows = _rows(task_index == t)
+        if _empty(rows):
             continue
         task = get_task(name)
-        sample = task.generate(len(rows), rng, height, width)
+        sample = task.generate(_count(rows, n), rng, height, width)
         grids[rows] = sample.grids
         if sample.objects is not None:
             objects[rows] = sample.objects
         if sample.roles is not None:
-            offset = len(role_names) - 1
-            role_names.extend(f"{name}/{r}" for r in task.roles[1:])
             local = sample.roles.astype(np.int16)
-            roles[rows] = np.where(local > 0, local + offset, 0)
-        params[name] = (rows, sample.params)
+            local[local > 0] += len(role_names) - 1
+            roles[rows] = local
+            role_names.extend(f"{name}/{r}" for r in task.roles[1:])
+        params[name] = (np.arange(n) if isinstance(rows, slice) else rows, sample.params)
 
     structure_index = rng.integers(0, len(structures), size=n)
-    tokens = torch.empty(n, quiz_length(height, width), dtype=torch.long)
+    cells = height * width
+    layout = np.empty((n, 4, 1 + cells), dtype=np.int8)
     noise_cells = np.zeros(grids.shape, dtype=bool)
     for s, sname in enumerate(structures):
-        rows = np.flatnonzero(structure_index == s)
-        if not len(rows):
+        rows = _rows(structure_index == s)
+        if _empty(rows):
             continue
         spec = st.get_structure(sname)
-        slots = st.reorder(grids[rows], spec)
-        if noise > 0:
-            hit, colours = st.noise_cells(rng, len(rows), spec, height, width, noise)
-            slots = np.where(hit, colours, slots)
+        slots = grids[rows] if spec.permutation == [0, 1, 2, 3] else st.reorder(grids[rows], spec)
+        if noise > 0 and any(spec.noise_mask):
+            hit, colours = st.noise_cells(rng, _count(rows, n), spec, height, width, noise)
+            slots = np.where(hit, colours, slots).astype(np.int8)
             noise_cells[rows] = st.to_canonical(hit, spec)
-        tokens[torch.as_tensor(rows)] = grids_to_tokens(slots, spec.order)
+        layout[rows, :, 0] = [MARKER_TOKENS[g] for g in spec.order]
+        layout[rows, :, 1:] = slots.reshape(-1, 4, cells)
+    tokens = torch.from_numpy(layout.reshape(n, -1)).long()
 
     return QuizBatch(
         tokens=tokens,

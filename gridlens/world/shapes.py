@@ -15,18 +15,24 @@ Proposal = Callable[[int], tuple[np.ndarray, dict[str, np.ndarray]]]
 
 
 def rejection_sample(
-    n: int, propose: Proposal, what: str, max_rounds: int = 200
+    n: int, propose: Proposal, what: str, give_up_after: int = 2_000_000
 ) -> dict[str, np.ndarray]:
     """Collect `n` accepted items from repeated batched proposals.
 
     `propose(m)` returns (accepted [m] bool, arrays each with leading dimension m). The batch
-    size adapts to the observed acceptance rate. If nothing is ever accepted the task cannot
-    be generated under these settings, and a GridSizeError says so instead of looping forever.
+    size adapts to the observed acceptance rate. When `give_up_after` proposals brought nothing,
+    or the observed rate says the rest would need over a billion proposals, the task cannot be
+    generated under these settings and a GridSizeError says so instead of looping forever.
     """
     chunks: dict[str, list[np.ndarray]] = {}
     have, proposed, accepted_total = 0, 0, 0
-    for _ in range(max_rounds):
+    while True:
         rate = (accepted_total + 1) / (proposed + 1)
+        if (accepted_total == 0 and proposed >= give_up_after) or (n - have) / rate > 1e9:
+            raise GridSizeError(
+                f"could not generate {what}: only {have} of {n} samples accepted after "
+                f"{proposed} proposals (the grid is probably too small for this task)"
+            )
         m = int(min(max((n - have) / max(rate, 1e-3) * 1.2, 64), 1_000_000))
         ok, arrays = propose(m)
         proposed += m
@@ -37,10 +43,6 @@ def rejection_sample(
         have += len(idx)
         if have >= n:
             return {k: np.concatenate(v) for k, v in chunks.items()}
-    raise GridSizeError(
-        f"could not generate {what}: only {have} of {n} samples accepted after "
-        f"{proposed} proposals (the grid is probably too small for this task)"
-    )
 
 
 def distinct_colours(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
