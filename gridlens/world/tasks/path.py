@@ -1,0 +1,255 @@
+"""path: two disjoint rectangles (obstacles) and two endpoint cells; in f(X) every cell on some
+shortest 4-connected path between the endpoints that avoids the rectangles takes the path colour.
+
+As in the original `task_path`: four distinct colours shared by both pairs (two rectangle
+colours, the endpoint colour, the path colour); per pair two disjoint rectangles drawn like
+`rec_coo(2, prevent_overlap=True)` and two uniform endpoint cells, the whole draw rejected
+unless the endpoints are at Manhattan distance > 2, both lie on background cells, and their
+shortest-path distance around the rectangles is < 2 x width. The union of all shortest paths
+is painted (it can be a block, not a single line), then the endpoints on top of it.
+
+Other grid sizes: the distance bound 2 x width of the 10x10 original becomes height + width
+(the same on square grids). Grids must be at least 6x6 (two disjoint 3x3 rectangles).
+
+Distances are computed for the whole batch at once by breadth-first relaxation on bit-sliced
+cell sets (one bit per quiz, see `pack_cells`), at most height + width steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gridlens.world import shapes
+from gridlens.world.tasks.base import Task, TaskSample
+
+N_RECT = 2
+
+# ----------------------------------------------------------------------------------------------
+# Bit-sliced cell sets: a batch of n boolean grids [n, H, W] stored as [H, W, ceil(n / 8)] uint8,
+# bit b of byte k of cell (i, j) being quiz 8k + b. A grid shift is then a slice over H or W and
+# every set operation handles eight quizzes per byte, whatever the grid size.
+
+
+def pack_cells(mask: np.ndarray) -> np.ndarray:
+    """Bool [n, H, W] -> bit-sliced [H, W, ceil(n/8)] uint8."""
+    return np.packbits(np.moveaxis(mask, 0, -1), axis=-1, bitorder="little")
+
+
+def unpack_cells(bits: np.ndarray, n: int) -> np.ndarray:
+    """Bit-sliced [H, W, ceil(n/8)] uint8 -> bool [n, H, W]."""
+    out = np.unpackbits(bits, axis=-1, count=n, bitorder="little").view(bool)
+    return np.ascontiguousarray(np.moveaxis(out, -1, 0))
+
+
+def unpack_quizzes(bits: np.ndarray, n: int) -> np.ndarray:
+    """Per-quiz bits [ceil(n/8)] uint8 -> bool [n]."""
+    return np.unpackbits(bits, count=n, bitorder="little").view(bool)
+
+
+def dilate(bits: np.ndarray) -> np.ndarray:
+    """Bit-sliced cells plus their 4-neighbours."""
+    out = bits.copy()
+    out[1:] |= bits[:-1]
+    out[:-1] |= bits[1:]
+    out[:, 1:] |= bits[:, :-1]
+    out[:, :-1] |= bits[:, 1:]
+    return out
+
+
+def any_cell(bits: np.ndarray) -> np.ndarray:
+    """Per-quiz bits [ceil(n/8)]: does the quiz have any cell in the set?"""
+    return np.bitwise_or.reduce(bits.reshape(bits.shape[0] * bits.shape[1], -1), axis=0)
+
+
+def flood(free: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """Bool [n, H, W]: the cells of `free` 4-connected to `seed` (seed cells must be free).
+
+    Relaxation over the whole batch, stopping when nothing changes; at most H*W steps."""
+    n, h, w = free.shape
+    f, r = pack_cells(free), pack_cells(seed)
+    for _ in range(h * w):
+        nxt = dilate(r) & f
+        if np.array_equal(nxt, r):
+            break
+        r = nxt
+    return unpack_cells(r, n)
+
+
+def shortest_path_cells(
+    free: np.ndarray, start: np.ndarray, goal: np.ndarray, max_dist: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shortest 4-connected paths inside `free` from the `start` cell to the `goal` cell.
+
+    free, start, goal: bool [n, H, W], one start and one goal cell per quiz, both free.
+    Returns (dist [n] int64: the path length, -1 where the goal is farther than `max_dist` or
+    unreachable; cells [n, H, W] bool: every cell lying on some shortest path, endpoints
+    included, which are the cells x with d(start, x) + d(x, goal) == dist).
+    """
+    n = len(free)
+    f, reached, g = pack_cells(free), pack_cells(start), pack_cells(goal)
+    layers = [reached]  # layers[k]: cells at distance exactly k from start
+    dist = np.full(n, -1, dtype=np.int64)
+    dist[unpack_quizzes(any_cell(reached & g), n)] = 0
+    for k in range(1, max_dist + 1):
+        nxt = dilate(reached) & f
+        new = nxt & ~reached
+        if not new.any():
+            break
+        layers.append(new)
+        reached = nxt
+        hit = unpack_quizzes(any_cell(new & g), n)
+        dist[hit] = k
+    # Walk back from the goal: a cell at distance k is on a shortest path iff it is the goal
+    # (then k == dist) or it neighbours a cell at distance k + 1 that is.
+    on_path = np.zeros_like(reached)
+    cells = np.zeros_like(reached)
+    for layer in reversed(layers):
+        on_path = layer & (dilate(on_path) | g)
+        cells |= on_path
+    return dist, unpack_cells(cells, n)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _endpoint_masks(i: np.ndarray, j: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bool [m, H, W] with the single cell (i, j) of each row set."""
+    mask = np.zeros((len(i), height, width), dtype=bool)
+    mask[np.arange(len(i)), i, j] = True
+    return mask
+
+
+def _inside(rects: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """[m] is cell (i, j) inside the half-open rectangle [m, 4]?"""
+    return (rects[:, 0] <= i) & (i < rects[:, 2]) & (rects[:, 1] <= j) & (j < rects[:, 3])
+
+
+def label_lookup(lut: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-quiz table lookup: lut [n, K] indexed by labels [n, H, W] in 0..K-1."""
+    n, k = lut.shape
+    offsets = (np.arange(n, dtype=np.intp) * k).reshape(n, *([1] * (labels.ndim - 1)))
+    return lut.ravel()[labels + offsets]
+
+
+def _sample_pairs(rng: np.random.Generator, n: int, height: int, width: int) -> dict:
+    """n pairs as the original draws them: rectangle indices [n, 2], endpoints [n, 2, 2] (i, j),
+    shortest-path length [n]. Draws failing a cheap condition skip the later, costlier ones."""
+    table = shapes.rectangle_table(height, width)
+    n_rects = len(table.rects)
+    max_dist = height + width - 1  # the original's d < 2 * width, on any grid shape
+
+    def propose(m: int):
+        idx = rng.integers(0, n_rects, size=(m, N_RECT))
+        ii = rng.integers(0, height, size=(m, 2))
+        jj = rng.integers(0, width, size=(m, 2))
+        ok = ~table.overlap[idx[:, 0], idx[:, 1]]
+        ok &= np.abs(ii[:, 0] - ii[:, 1]) + np.abs(jj[:, 0] - jj[:, 1]) > 2
+        cand = np.flatnonzero(ok)
+        free_ends = np.ones(len(cand), dtype=bool)
+        for k in range(N_RECT):
+            rects = table.rects[idx[cand, k]]
+            for e in range(2):
+                free_ends &= ~_inside(rects, ii[cand, e], jj[cand, e])
+        cand = cand[free_ends]
+        dist = np.full(m, -1, dtype=np.int64)
+        if len(cand):
+            walls = table.masks[idx[cand, 0]] | table.masks[idx[cand, 1]]
+            start = _endpoint_masks(ii[cand, 0], jj[cand, 0], height, width)
+            goal = _endpoint_masks(ii[cand, 1], jj[cand, 1], height, width)
+            dist[cand] = shortest_path_cells(~walls, start, goal, max_dist)[0]
+        ends = np.stack([ii, jj], axis=-1)  # [m, 2, 2]
+        return dist >= 0, {"rects": idx, "endpoints": ends, "length": dist}
+
+    return shapes.rejection_sample(n, propose, "path")
+
+
+class Path(Task):
+    name = "path"
+    roles = ("background", "obstacle", "endpoint", "path")
+    min_height = 6
+    min_width = 6
+    description = "every cell on a shortest path between the two endpoints takes the path colour"
+
+    def generate(self, n, rng, height=10, width=10):
+        self.validate_size(height, width)
+        # c0, c1 obstacles, c2 endpoints, c3 path
+        colours = shapes.distinct_colours(rng, n, N_RECT + 2)
+        grids = np.empty((n, 4, height, width), dtype=np.int64)
+        objects = np.empty(grids.shape, dtype=np.int8)
+        params = {"colors": colours}
+        table = shapes.rectangle_table(height, width)
+        rows = np.arange(n)
+        # Object labels: 0, 1 obstacles, 2, 3 endpoints, 4 path; looked up as label + 1.
+        colour_lut = np.concatenate([np.zeros((n, 1), np.int64), colours[:, [0, 1, 2, 2, 3]]], 1)
+        role_lut = np.array([0, 1, 1, 2, 2, 3], dtype=np.int8)
+        for pair, tag in ((0, "A"), (1, "B")):
+            s = _sample_pairs(rng, n, height, width)
+            ends = s["endpoints"]
+            params[f"rects_{tag}"] = table.rects[s["rects"]]
+            params[f"endpoints_{tag}"] = ends
+            params[f"length_{tag}"] = s["length"]
+            m0, m1 = table.masks[s["rects"][:, 0]], table.masks[s["rects"][:, 1]]
+            start = _endpoint_masks(ends[:, 0, 0], ends[:, 0, 1], height, width)
+            goal = _endpoint_masks(ends[:, 1, 0], ends[:, 1, 1], height, width)
+            path = shortest_path_cells(~(m0 | m1), start, goal, height + width - 1)[1]
+            label = m0.astype(np.int8) + 2 * m1.astype(np.int8)  # label + 1, 0 background
+            flabel = np.where(path, np.int8(5), label)
+            for e in range(2):
+                ei, ej = ends[:, e, 0], ends[:, e, 1]
+                label[rows, ei, ej] = flabel[rows, ei, ej] = 3 + e
+            for g, lab in ((2 * pair, label), (2 * pair + 1, flabel)):
+                grids[:, g] = label_lookup(colour_lut, lab)
+                objects[:, g] = lab - 1
+        roles = role_lut[objects + 1]
+        return TaskSample(grids=grids, params=params, objects=objects, roles=roles)
+
+    def check(self, grids):
+        grids = np.asarray(grids)
+        n, _, h, w = grids.shape
+        counts, boxes = shapes.colour_boxes(grids)  # [n, 4, 11], [n, 4, 11, 4]
+        present = counts[..., 1:] > 0  # [n, 4, 10]
+        hh = boxes[..., 2] - boxes[..., 0]
+        ww = boxes[..., 3] - boxes[..., 1]
+        rect = shapes.is_filled_box(counts, boxes) & (hh >= 3) & (ww >= 3) & (hh * ww <= h * w // 2)
+        ends = counts == 2
+        x = grids[:, 0::2].reshape(2 * n, h, w)  # A, B
+        fx = grids[:, 1::2].reshape(2 * n, h, w)
+        px, rx, ex = (a[:, 0::2].reshape(2 * n, a.shape[-1]) for a in (present, rect, ends))
+        ok = (px.sum(-1) == 3) & (rx[:, 1:].sum(-1) == N_RECT) & (ex[:, 1:].sum(-1) == 1)
+        e = np.argmax(ex[:, 1:], -1) + 1
+        emask = x == e[:, None, None]
+        flat = emask.reshape(2 * n, h * w)
+        first = np.argmax(flat, -1)
+        last = h * w - 1 - np.argmax(flat[:, ::-1], -1)
+        i1, j1, i2, j2 = first // w, first % w, last // w, last % w
+        ok &= np.abs(i1 - i2) + np.abs(j1 - j2) > 2
+        free = (x == 0) | emask
+        start = _endpoint_masks(i1, j1, h, w)
+        goal = _endpoint_masks(i2, j2, h, w)
+        dist, cells = shortest_path_cells(free, start, goal, h + w - 1)
+        ok &= dist >= 0
+        # The path colour is the one colour f_A adds to A; both pairs use it.
+        new = present[:, 1] & ~present[:, 0]
+        ok_n = new.sum(-1) == 1
+        p = np.repeat(np.argmax(new, -1) + 1, 2)
+        expected = np.where(cells & ~emask, p[:, None, None], x)
+        ok &= (expected == fx).all(axis=(1, 2))
+        ok = ok.reshape(n, 2).all(-1) & ok_n
+        # Shared colours: endpoints, obstacles (as a set) and path.
+        e = e.reshape(n, 2)
+        ok &= (e[:, 0] == e[:, 1]) & (present[:, 0] == present[:, 2]).all(-1)
+        return ok
+
+    def other_parameters(self, sample, rng):
+        # The same paths drawn in a colour the quiz does not use.
+        colours = sample.params["colors"]
+        n = len(colours)
+        unused = np.ones((n, 11), dtype=bool)
+        unused[:, 0] = False
+        unused[np.arange(n)[:, None], colours] = False
+        pick = np.argmax(rng.random((n, 11)) * unused, axis=1)
+        fb = sample.grids[:, 3]
+        return np.where(fb == colours[:, 3, None, None], pick[:, None, None], fb)
+
+
+TASK = Path()
