@@ -87,8 +87,13 @@ def rectangle_table(
             f"fits a {height}x{width} grid"
         )
     masks = rectangle_masks(rects, height, width)
-    flat = masks.reshape(len(rects), -1).astype(np.float32)
-    overlap = (flat @ flat.T) > 0
+    a, b = rects[:, None, :], rects[None, :, :]
+    overlap = (
+        (a[..., 0] < b[..., 2])
+        & (b[..., 0] < a[..., 2])
+        & (a[..., 1] < b[..., 3])
+        & (b[..., 1] < a[..., 3])
+    )
     for a in (rects, masks, overlap):
         a.setflags(write=False)
     return RectangleTable(rects, overlap, masks)
