@@ -8,7 +8,6 @@ import pytest
 
 from gridlens.errors import GridSizeError
 from gridlens.world import generate, get_task, shapes
-from gridlens.world.tasks.detect import sample_disjoint_triples
 
 TASK = get_task("detect")
 
@@ -59,28 +58,6 @@ def test_tags_follow_the_original(ours):
     assert (np.sort(colours, 1)[:, 1:] != np.sort(colours, 1)[:, :-1]).all()
     freq = np.bincount(colours[:, 3], minlength=11)[1:] / len(colours)
     assert np.abs(freq - 0.1).max() < 0.01
-
-
-@pytest.mark.parametrize("size", [(6, 7), (3, 9)])
-def test_triple_sampler_is_uniform_over_disjoint_triples(size):
-    """Exhaustive check on small grids: every ordered triple of pairwise disjoint rectangles (the
-    support of rec_coo(3, prevent_overlap=True)) is drawn, equally often, and nothing else."""
-    table = shapes.rectangle_table(*size)
-    r = len(table.rects)
-    i0, i1, i2 = np.meshgrid(np.arange(r), np.arange(r), np.arange(r), indexing="ij")
-    ov = table.overlap
-    valid = ~ov[i0, i1] & ~ov[i0, i2] & ~ov[i1, i2]
-    n_valid = int(valid.sum())
-    idx = sample_disjoint_triples(np.random.default_rng(5), 60 * n_valid, *size, "test")
-    flat = (idx[:, 0] * r + idx[:, 1]) * r + idx[:, 2]
-    counts = np.bincount(flat, minlength=r**3)
-    assert counts[~valid.ravel()].sum() == 0
-    observed = counts[valid.ravel()]
-    assert (observed > 0).all()
-    expected = len(idx) / n_valid
-    chi2 = ((observed - expected) ** 2 / expected).sum()
-    dof = n_valid - 1
-    assert chi2 < dof + 5 * np.sqrt(2 * dof) + 10, (chi2, dof)
 
 
 @pytest.mark.parametrize("size", [(8, 8), (12, 12), (7, 12), (12, 6), (3, 9)])

@@ -15,7 +15,6 @@ from gridlens.errors import GridSizeError
 from gridlens.world import generate
 from gridlens.world.tasks import fill as fill_module
 from gridlens.world.tasks import get_task
-from gridlens.world.tasks.path import flood
 
 TASK = get_task("fill")
 
@@ -90,18 +89,6 @@ def ours_grids():
 @pytest.fixture(scope="module")
 def ours(ours_grids):
     return pair_stats(*labels_of(ours_grids))
-
-
-def test_flood_matches_plain_bfs():
-    rng = np.random.default_rng(0)
-    m, h, w = 300, 8, 13
-    free = rng.random((m, h, w)) > 0.4
-    cells = np.array([rng.choice(np.flatnonzero(f.ravel())) for f in free])
-    seed = np.zeros_like(free)
-    seed.reshape(m, -1)[np.arange(m), cells] = True
-    region = flood(free, seed)
-    for k in range(m):
-        assert np.array_equal(region[k], bfs_region(free[k], divmod(cells[k], w)))
 
 
 @pytest.mark.parametrize(("n", "size"), [(500, (10, 10)), (150, (9, 12)), (150, (13, 7))])

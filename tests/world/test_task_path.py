@@ -16,7 +16,7 @@ import pytest
 from gridlens.errors import GridSizeError
 from gridlens.world import generate
 from gridlens.world.tasks import get_task
-from gridlens.world.tasks.path import _endpoint_masks, _sample_pairs, shortest_path_cells
+from gridlens.world.tasks.path import _sample_pairs
 
 TASK = get_task("path")
 FAR = 10_000
@@ -107,30 +107,6 @@ def z_score(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def ours():
     return TASK.generate(4000, np.random.default_rng(11)).grids
-
-
-def test_shortest_path_cells_match_plain_bfs():
-    rng = np.random.default_rng(0)
-    m, h, w = 300, 9, 11
-    free = rng.random((m, h, w)) > 0.3
-    # two distinct random free cells per grid
-    s = np.array([rng.permutation(np.flatnonzero(f.ravel()))[:2] for f in free])
-    start = _endpoint_masks(s[:, 0] // w, s[:, 0] % w, h, w)
-    goal = _endpoint_masks(s[:, 1] // w, s[:, 1] % w, h, w)
-    dist, on_path = shortest_path_cells(free, start, goal, h * w)
-    for k in range(m):
-        d1 = bfs(free[k], (s[k, 0] // w, s[k, 0] % w))
-        d2 = bfs(free[k], (s[k, 1] // w, s[k, 1] % w))
-        true = d1.ravel()[s[k, 1]]
-        if true == FAR:
-            assert dist[k] == -1
-            assert not on_path[k].any()
-        else:
-            assert dist[k] == true
-            assert np.array_equal(on_path[k], (d1 + d2 == true) & free[k])
-    # A distance cap: farther goals count as unreachable.
-    capped, _ = shortest_path_cells(free, start, goal, 5)
-    assert np.array_equal(capped, np.where(dist <= 5, dist, -1))
 
 
 @pytest.mark.parametrize(("n", "size"), [(500, (10, 10)), (150, (9, 12)), (150, (13, 7))])

@@ -9,7 +9,6 @@ import pytest
 
 from gridlens.errors import GridSizeError
 from gridlens.world import generate, shapes
-from gridlens.world.tasks import translate
 from gridlens.world.tasks.translate import DIRECTIONS, TASK, _tables
 
 N = 20000
@@ -198,24 +197,3 @@ def test_too_small_grid_raises(size):
         TASK.generate(10, np.random.default_rng(0), *size)
     with pytest.raises(GridSizeError):
         generate("translate", 10, height=size[0], width=size[1])
-
-
-def test_triples_without_the_pair_list_have_the_same_distribution(monkeypatch):
-    """Very large tables skip the disjoint-pair list and reject whole triples instead."""
-    table = shapes.rectangle_table(10, 10)
-    free = (~table.overlap).astype(np.float32)
-    p = ((free @ free) * free).sum(1)
-    p /= p.sum()
-    monkeypatch.setattr(translate, "PAIR_LIST_MAX_RECTS", 0)
-    translate._disjoint_pairs.cache_clear()
-    try:
-        idx = translate.disjoint_triples(np.random.default_rng(3), 10000, 10, 10, "test")
-    finally:
-        translate._disjoint_pairs.cache_clear()
-    ov = table.overlap
-    assert not (
-        ov[idx[:, 0], idx[:, 1]] | ov[idx[:, 0], idx[:, 2]] | ov[idx[:, 1], idx[:, 2]]
-    ).any()
-    for slot in range(3):
-        chi2, df = _chi2(np.bincount(idx[:, slot], minlength=len(p)), p * len(idx))
-        assert chi2 < _threshold(df), slot

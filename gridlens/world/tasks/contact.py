@@ -22,20 +22,6 @@ import numpy as np
 from gridlens.errors import ConfigError, GridSizeError
 from gridlens.world import shapes
 from gridlens.world.tasks.base import Task, TaskSample
-from gridlens.world.tasks.detect import (
-    alias_table,
-    check_room,
-    colour_boxes,
-    colour_grids,
-    disjoint_neighbours,
-    neighbour_lists,
-    pair_index,
-    per_cell,
-    pick_neighbour,
-    pick_weighted,
-    rectangle_colours_ok,
-    uint8_masks,
-)
 
 N_RECT = 3
 TOUCHING = ("edge", "any", "all")
@@ -83,7 +69,7 @@ def contact_rule(x: np.ndarray, anchor: np.ndarray | int, touching: str = "edge"
     anchor = np.broadcast_to(np.asarray(anchor, dtype=np.int64), (n,))
     if ((anchor < 0) | (anchor > 10)).any():
         raise ConfigError("anchor colours must lie in 0..10")
-    counts, boxes = colour_boxes(grids)  # [n, 11], [n, 11, 4]
+    counts, boxes = shapes.colour_boxes(grids)  # [n, 11], [n, 11, 4]
     out = _apply(grids, anchor, touching, counts, boxes).astype(x.dtype, copy=False)
     return out[0] if single else out
 
@@ -106,12 +92,12 @@ def _apply(grids, anchor, touching, counts, boxes):
     r = np.arange(h)[:, None]
     c = np.arange(w)[None, :]
     border = (
-        (r == per_cell(boxes[..., 0], grids))
-        | (r == per_cell(boxes[..., 2], grids) - 1)
-        | (c == per_cell(boxes[..., 1], grids))
-        | (c == per_cell(boxes[..., 3], grids) - 1)
+        (r == shapes.per_cell(boxes[..., 0], grids))
+        | (r == shapes.per_cell(boxes[..., 2], grids) - 1)
+        | (c == shapes.per_cell(boxes[..., 1], grids))
+        | (c == shapes.per_cell(boxes[..., 3], grids) - 1)
     )
-    return np.where(border & per_cell(selected, grids), anchor[:, None, None], grids)
+    return np.where(border & shapes.per_cell(selected, grids), anchor[:, None, None], grids)
 
 
 @cache
@@ -127,11 +113,11 @@ def _contact_tables(height: int, width: int):
         touch[rows] = rec_dist(rects[rows, None], rects[None, :]) == 0
     touch &= ~table.overlap
     touch.setflags(write=False)
-    lists = neighbour_lists(touch)
-    weight = lists[1].astype(np.float64) * disjoint_neighbours(height, width)[1]
+    lists = shapes.neighbour_lists(touch)
+    weight = lists[1].astype(np.float64) * shapes.disjoint_neighbours(height, width)[1]
     if not weight.any():
         raise GridSizeError(f"no two rectangles can touch on a {height}x{width} grid (contact)")
-    return touch, lists, alias_table(weight)
+    return touch, lists, shapes.alias_table(weight)
 
 
 def sample_contact_triples(
@@ -151,16 +137,16 @@ def sample_contact_triples(
     touch, touch_lists, first = _contact_tables(height, width)
     overlap = shapes.rectangle_table(height, width).overlap.ravel()
     touch_flat = touch.ravel()
-    disjoint_lists = disjoint_neighbours(height, width)
+    disjoint_lists = shapes.disjoint_neighbours(height, width)
     n_rect = len(touch)
 
     def propose(m: int):
-        i0 = pick_weighted(rng, first, m)
-        a = pick_neighbour(rng, touch_lists, i0)
-        b = pick_neighbour(rng, disjoint_lists, i0)
+        i0 = shapes.pick_weighted(rng, first, m)
+        a = shapes.pick_neighbour(rng, touch_lists, i0)
+        b = shapes.pick_neighbour(rng, disjoint_lists, i0)
         u = rng.random(m)
-        ok = ~overlap[pair_index(a, b, n_rect)]
-        ok &= ~touch_flat[pair_index(i0, b, n_rect)] | (u < 0.5)
+        ok = ~overlap[shapes.pair_index(a, b, n_rect)]
+        ok &= ~touch_flat[shapes.pair_index(i0, b, n_rect)] | (u < 0.5)
         return ok, {"i0": i0, "a": a, "b": b}
 
     kept = shapes.rejection_sample(n, propose, what)
@@ -189,14 +175,14 @@ class Contact(Task):
 
     def validate_size(self, height: int, width: int) -> None:
         super().validate_size(height, width)
-        check_room(self.name, height, width)
+        shapes.check_room(self.name, height, width, N_RECT)
 
     def generate(self, n, rng, height=10, width=10):
         self.validate_size(height, width)
         colours = shapes.distinct_colours(rng, n, N_RECT)  # c0 anchor
         table = shapes.rectangle_table(height, width)
         touch = _contact_tables(height, width)[0]
-        masks, borders = uint8_masks(height, width), _border_table(height, width)
+        masks, borders = shapes.uint8_masks(height, width), _border_table(height, width)
         c8 = colours.astype(np.uint8)[:, :, None, None]
         grids = np.empty((n, 4, height, width), dtype=np.int64)
         objects = np.empty(grids.shape, dtype=np.int8)
@@ -230,10 +216,10 @@ class Contact(Task):
         return TaskSample(grids=grids, params=params, objects=objects, roles=roles)
 
     def check(self, grids):
-        grids, ok = colour_grids(grids)
+        grids, ok = shapes.colour_grids(grids)
         n, _, h, w = grids.shape
-        counts, boxes = colour_boxes(grids[:, 0::2])  # A, B
-        ok &= rectangle_colours_ok(counts, boxes, h, w).all(1)
+        counts, boxes = shapes.colour_boxes(grids[:, 0::2])  # A, B
+        ok &= shapes.rectangle_colours_ok(counts, boxes, h, w).all(1)
         present = counts[..., 1:] > 0
         ok &= (present[:, 0] == present[:, 1]).all(-1)
         # The anchor colour is what f_A shows where it differs from A (something must differ in

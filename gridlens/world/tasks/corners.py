@@ -15,15 +15,6 @@ import numpy as np
 
 from gridlens.world import shapes
 from gridlens.world.tasks.base import Task, TaskSample
-from gridlens.world.tasks.detect import (
-    check_room,
-    colour_boxes,
-    colour_grids,
-    per_cell,
-    rectangle_colours_ok,
-    sample_disjoint_triples,
-    uint8_masks,
-)
 
 N_RECT = 3
 
@@ -43,7 +34,7 @@ def corners_of(
 ) -> np.ndarray:
     """The inverse of the rule: grids filled [n, H, W] of solid rectangles reduced to their two
     L corners of `polarity` ([n] or one int; 0: top-left and bottom-right, 1: top-right and
-    bottom-left). `boxes` ([n, 11, 4], from colour_boxes(filled)) saves recomputing."""
+    bottom-left). `boxes` ([n, 11, 4], from shapes.colour_boxes(filled)) saves recomputing."""
     p0, p1 = _corners_both(filled, boxes)
     polarity = np.broadcast_to(np.asarray(polarity), (len(filled),))
     return np.where(polarity[:, None, None] == 1, p1, p0)
@@ -53,8 +44,8 @@ def _corners_both(filled: np.ndarray, boxes: np.ndarray | None) -> tuple[np.ndar
     """corners_of(filled, 0) and corners_of(filled, 1), sharing the per-cell box lookups."""
     h, w = filled.shape[1:]
     if boxes is None:
-        _, boxes = colour_boxes(filled)
-    b = [per_cell(boxes[..., k], filled) for k in range(4)]
+        _, boxes = shapes.colour_boxes(filled)
+    b = [shapes.per_cell(boxes[..., k], filled) for k in range(4)]
     rows = np.arange(h)[:, None]
     cols = np.arange(w)[None, :]
     offsets = (rows - b[0], cols - b[1], b[2] - 1 - rows, b[3] - 1 - cols)
@@ -65,7 +56,7 @@ def _corners_both(filled: np.ndarray, boxes: np.ndarray | None) -> tuple[np.ndar
 def fill_corners(x: np.ndarray) -> np.ndarray:
     """The rule: every colour of grids x [n, H, W] fills its bounding box (later colours win
     where boxes overlap; they never do for valid inputs)."""
-    counts, boxes = colour_boxes(x)
+    counts, boxes = shapes.colour_boxes(x)
     out = np.zeros_like(x)
     for c in range(1, 11):
         masks = shapes.rectangle_masks(boxes[:, c], *x.shape[1:]) & (counts[:, c, None, None] > 0)
@@ -82,21 +73,21 @@ class Corners(Task):
 
     def validate_size(self, height: int, width: int) -> None:
         super().validate_size(height, width)
-        check_room(self.name, height, width)
+        shapes.check_room(self.name, height, width, N_RECT)
 
     def generate(self, n, rng, height=10, width=10):
         self.validate_size(height, width)
         polarity = rng.integers(0, 2, n)
         colours = shapes.distinct_colours(rng, n, N_RECT)
         table = shapes.rectangle_table(height, width)
-        masks, corner_masks = uint8_masks(height, width), _corner_table(height, width)
+        masks, corner_masks = shapes.uint8_masks(height, width), _corner_table(height, width)
         c8 = colours.astype(np.uint8)[:, :, None, None]
         grids = np.empty((n, 4, height, width), dtype=np.int64)
         objects = np.empty(grids.shape, dtype=np.int8)
         roles = np.empty(grids.shape, dtype=np.int8)
         params = {"polarity": polarity, "colors": colours}
         for pair, key in ((0, "rects_A"), (1, "rects_B")):
-            idx = sample_disjoint_triples(rng, n, height, width, self.name)
+            idx = shapes.sample_rectangles(rng, n, N_RECT, height, width, self.name)
             params[key] = table.rects[idx]
             m = [masks[idx[:, k]] for k in range(N_RECT)]  # disjoint
             cm = [corner_masks[polarity, idx[:, k]] for k in range(N_RECT)]
@@ -119,10 +110,10 @@ class Corners(Task):
         return TaskSample(grids=grids, params=params, objects=objects, roles=roles)
 
     def check(self, grids):
-        grids, ok = colour_grids(grids)
+        grids, ok = shapes.colour_grids(grids)
         h, w = grids.shape[2:]
-        counts, boxes = colour_boxes(grids[:, 1::2])  # f_A, f_B
-        ok &= rectangle_colours_ok(counts, boxes, h, w).all(1)
+        counts, boxes = shapes.colour_boxes(grids[:, 1::2])  # f_A, f_B
+        ok &= shapes.rectangle_colours_ok(counts, boxes, h, w).all(1)
         present = counts[..., 1:] > 0
         ok &= (present[:, 0] == present[:, 1]).all(-1)
         # The polarity is the one whose corners of f_A give A; the same must give B from f_B.
@@ -142,7 +133,7 @@ class Corners(Task):
         new = np.zeros((n, 11), dtype=np.int64)
         rows = np.arange(n)[:, None]
         new[rows, colours] = colours[rows, (np.arange(N_RECT) + shift[:, None]) % N_RECT]
-        return per_cell(new, fill_corners(sample.grids[:, 2]))
+        return shapes.per_cell(new, fill_corners(sample.grids[:, 2]))
 
 
 @cache

@@ -13,7 +13,7 @@ background cells directly and a tiling draw is rejected with the rest of the pro
 generation is bounded by `shapes.rejection_sample` (GridSizeError where nothing fits).
 
 Grids must be at least 6x6 (three disjoint 3x3 rectangles plus a free cell). The flood fill is
-the bit-sliced batch relaxation of `path.flood` (at most H*W steps).
+the bit-sliced batch relaxation of `grid_search.flood` (at most H*W steps).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 
 from gridlens.world import shapes
+from gridlens.world.grid_search import flood
 from gridlens.world.tasks.base import Task, TaskSample
-from gridlens.world.tasks.path import flood, label_lookup
 
 N_RECT = 3
 
@@ -120,7 +120,7 @@ class Fill(Task):
             flabel[rows, si, sj] = 0
             label[rows, si, sj] = 4
             for g, lab, lut in ((2 * pair, label, x_roles), (2 * pair + 1, flabel, fx_roles)):
-                grids[:, g] = label_lookup(colour_lut, lab)
+                grids[:, g] = shapes.label_lookup(colour_lut, lab)
                 objects[:, g] = lab - 1
                 roles[:, g] = lut[lab]
         return TaskSample(grids=grids, params=params, objects=objects, roles=roles)

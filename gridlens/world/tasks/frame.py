@@ -15,7 +15,6 @@ import numpy as np
 
 from gridlens.world import shapes
 from gridlens.world.tasks.base import Task, TaskSample
-from gridlens.world.tasks.translate import colour_labels, disjoint_triples
 
 N_RECT = 3
 
@@ -45,12 +44,13 @@ class Frame(Task):
         self.validate_size(height, width)
         table, labelled, frames = _tables(height, width)
         colours = shapes.distinct_colours(rng, n, N_RECT)
-        idx = disjoint_triples(rng, 2 * n, height, width, self.name).reshape(n, 2, N_RECT)
+        idx = shapes.sample_rectangles(rng, 2 * n, N_RECT, height, width, self.name)
+        idx = idx.reshape(n, 2, N_RECT)
         static = labelled[0][idx[:, :, 0]] + labelled[1][idx[:, :, 1]]  # [n, 2, HW]
         labels = np.empty((n, 4, height * width), dtype=np.uint8)
         labels[:, 0::2] = static + labelled[2][idx[:, :, 2]]
         labels[:, 1::2] = static + frames[idx[:, :, 2]]
-        grids = colour_labels(labels, colours).reshape(n, 4, height, width)
+        grids = shapes.colour_labels(labels, colours).reshape(n, 4, height, width)
         objects = (labels.astype(np.int8) - 1).reshape(n, 4, height, width)
         roles = np.array([0, 1, 1, 2], dtype=np.int8)[labels].reshape(n, 4, height, width)
         params = {

@@ -17,7 +17,6 @@ import numpy as np
 
 from gridlens.world import shapes
 from gridlens.world.tasks.base import Task, TaskSample
-from gridlens.world.tasks.translate import colour_labels, disjoint_triples
 
 N_RECT = 3
 MIN_RESIZED = 4
@@ -52,13 +51,14 @@ class Grow(Task):
         table, labelled, resized, pool = _tables(height, width)
         colours = shapes.distinct_colours(rng, n, N_RECT)
         direction = rng.integers(0, 2, n)  # 0: grow, 1: shrink
-        idx = disjoint_triples(rng, 2 * n, height, width, self.name, pool).reshape(n, 2, N_RECT)
+        idx = shapes.sample_rectangles(rng, 2 * n, N_RECT, height, width, self.name, last=pool)
+        idx = idx.reshape(n, 2, N_RECT)
         static = labelled[0][idx[:, :, 0]] + labelled[1][idx[:, :, 1]]  # [n, 2, HW]
         inner_in_x = len(table.rects) * (direction == 0)[:, None]  # growing: X holds the inner
         labels = np.empty((n, 4, height * width), dtype=np.uint8)
         labels[:, 0::2] = static + resized[idx[:, :, 2] + inner_in_x]
         labels[:, 1::2] = static + resized[idx[:, :, 2] + len(table.rects) - inner_in_x]
-        grids = colour_labels(labels, colours).reshape(n, 4, height, width)
+        grids = shapes.colour_labels(labels, colours).reshape(n, 4, height, width)
         objects = (labels.astype(np.int8) - 1).reshape(n, 4, height, width)
         roles = np.array([0, 1, 1, 2], dtype=np.int8)[labels].reshape(n, 4, height, width)
         params = {

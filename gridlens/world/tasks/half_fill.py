@@ -18,7 +18,6 @@ import numpy as np
 
 from gridlens.world import shapes
 from gridlens.world.tasks.base import Task, TaskSample
-from gridlens.world.tasks.translate import colour_labels, disjoint_triples
 
 N_RECT = 3
 N_DIRECTIONS = 4
@@ -92,13 +91,14 @@ class HalfFill(Task):
         table, crossed, filled = _tables(height, width)
         colours = shapes.distinct_colours(rng, n, 2 * N_RECT)
         direction = rng.integers(0, N_DIRECTIONS, n)
-        idx = disjoint_triples(rng, 2 * n, height, width, self.name).reshape(n, 2, N_RECT)
+        idx = shapes.sample_rectangles(rng, 2 * n, N_RECT, height, width, self.name)
+        idx = idx.reshape(n, 2, N_RECT)
         d = direction[:, None]
         static = crossed[0, d, idx[:, :, 0]] + crossed[1, d, idx[:, :, 1]]  # [n, 2, HW]
         labels = np.empty((n, 4, height * width), dtype=np.uint8)
         labels[:, 0::2] = static + crossed[2, d, idx[:, :, 2]]
         labels[:, 1::2] = static + filled[d, idx[:, :, 2]]
-        grids = colour_labels(labels, colours).reshape(n, 4, height, width)
+        grids = shapes.colour_labels(labels, colours).reshape(n, 4, height, width)
         objects = OBJECT_OF_LABEL[labels].reshape(n, 4, height, width)
         roles = ROLE_OF_LABEL[labels].reshape(n, 4, height, width)
         params = {

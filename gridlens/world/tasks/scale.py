@@ -26,7 +26,6 @@ import numpy as np
 from gridlens.errors import GridSizeError
 from gridlens.world import shapes
 from gridlens.world.tasks.base import Task, TaskSample
-from gridlens.world.tasks.detect import colour_boxes, colour_grids
 
 N_RECT = 3
 
@@ -162,13 +161,13 @@ class Scale(Task):
         return TaskSample(grids=grids.astype(np.int64), params=params, objects=objects, roles=roles)
 
     def check(self, grids):
-        grids, ok = colour_grids(grids)
+        grids, ok = shapes.colour_grids(grids)
         n, _, height, width = grids.shape
         h, w = height // 2, width // 2
         if h < 1 or w < 1:
             return np.zeros(n, dtype=bool)
         rows = np.arange(n)
-        counts, boxes = colour_boxes(grids)  # [n, 4, 11], [n, 4, 11, 4]
+        counts, boxes = shapes.colour_boxes(grids)  # [n, 4, 11], [n, 4, 11, 4]
         # The marker colour: exactly three cells in every grid, the same 2x2 box everywhere.
         b = boxes[:, :, 1:]
         candidate = (

@@ -21,7 +21,6 @@ import numpy as np
 
 from gridlens.world import shapes
 from gridlens.world.tasks.base import Task, TaskSample
-from gridlens.world.tasks.path import label_lookup
 
 N_SQUARES = 4
 SIDE = 3
@@ -106,11 +105,11 @@ class Symbols(Task):
             role_lut[:, 0], role_lut[:, 1], role_lut[:, -1] = 0, 1, 2
             role_lut[rows, q + 1] = 3
             x, fx = 2 * pair, 2 * pair + 1
-            grids[:, x] = label_lookup(colour_lut, label)
+            grids[:, x] = shapes.label_lookup(colour_lut, label)
             grids[:, fx] = grids[:, x]
             grids[rows, fx, ci, cj] = colours[rows, q]
             objects[:, x] = objects[:, fx] = label - 1
-            roles[:, x] = roles[:, fx] = label_lookup(role_lut, label)
+            roles[:, x] = roles[:, fx] = shapes.label_lookup(role_lut, label)
             roles[rows, fx, ci, cj] = 5
         return TaskSample(grids=grids, params=params, objects=objects, roles=roles)
 

@@ -15,7 +15,6 @@ from functools import cache
 
 import numpy as np
 
-from gridlens.errors import GridSizeError
 from gridlens.world import shapes
 from gridlens.world.tasks.base import Task, TaskSample
 
@@ -50,82 +49,6 @@ def _tables(height: int, width: int):
     return table, labelled, pools, shifted
 
 
-PAIR_LIST_MAX_RECTS = 6000
-"""Above this many table rectangles the disjoint-pair list (int16, about R*R/3 entries) is not
-kept and pairs are drawn by rejection too."""
-
-
-@cache
-def _disjoint_pairs(height: int, width: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """Every ordered pair (a, b) of disjoint table rectangles, or None for very large tables."""
-    table = shapes.rectangle_table(height, width)
-    if len(table.rects) > PAIR_LIST_MAX_RECTS:
-        return None
-    a, b = np.nonzero(~table.overlap)
-    a, b = a.astype(np.int16), b.astype(np.int16)
-    a.setflags(write=False)
-    b.setflags(write=False)
-    return a, b
-
-
-def disjoint_triples(
-    rng: np.random.Generator,
-    n: int,
-    height: int,
-    width: int,
-    what: str,
-    last: np.ndarray | None = None,
-) -> np.ndarray:
-    """[n, 3] indices into `shapes.rectangle_table(height, width)` of three pairwise disjoint
-    rectangles, the last one restricted to the indices `last` (all when None).
-
-    Uniform over such ordered triples, hence the distribution of three `rec_coo(3,
-    prevent_overlap=True)` rectangles resampled until the last one is allowed (the original's
-    loops), and of `shapes.sample_rectangles(..., 3, ...)` when `last` is None. Drawing the first
-    two from the list of disjoint pairs, then the last by rejection, is about 8x faster than
-    rejecting whole triples (2% of triples are disjoint on 10 x 10, 7% of thirds given a pair).
-    """
-    table = shapes.rectangle_table(height, width)
-    flat = table.overlap.reshape(-1)
-    r = len(table.rects)
-    pairs = _disjoint_pairs(height, width)
-    pool = np.arange(r) if last is None else np.asarray(last, dtype=np.int64)
-    if not len(pool):
-        raise GridSizeError(f"no rectangle allowed as the last one of {what} on {height}x{width}")
-
-    def propose(m):
-        if pairs is None:
-            a = rng.integers(0, r, m)
-            b = rng.integers(0, r, m)
-            c = pool[rng.integers(0, len(pool), m)]
-            ok = ~(flat[a * r + b] | flat[a * r + c] | flat[b * r + c])
-            return ok, {"a": a, "b": b, "c": c}
-        k = rng.integers(0, len(pairs[0]), m)
-        c = pool[rng.integers(0, len(pool), m)] if last is not None else rng.integers(0, r, m)
-        a, b = pairs[0][k].astype(np.int64), pairs[1][k].astype(np.int64)
-        ok = ~(flat[a * r + c] | flat[b * r + c])
-        return ok, {"k": k, "c": c}
-
-    got = shapes.rejection_sample(n, propose, what)
-    if pairs is None:
-        return np.stack([got["a"], got["b"], got["c"]], axis=1)
-    idx = np.empty((n, 3), dtype=np.int64)
-    idx[:, 0] = pairs[0][got["k"]]
-    idx[:, 1] = pairs[1][got["k"]]
-    idx[:, 2] = got["c"]
-    return idx
-
-
-def colour_labels(labels: np.ndarray, colours: np.ndarray) -> np.ndarray:
-    """int64 grids from uint8 labels [n, ...] (0 background, k + 1 the k-th colour) and the
-    colours [n, K] of each quiz."""
-    n, k = colours.shape
-    lut = np.zeros((n, k + 1), dtype=np.int64)
-    lut[:, 1:] = colours
-    offset = (np.arange(n, dtype=np.intp) * (k + 1)).reshape((n,) + (1,) * (labels.ndim - 1))
-    return lut.reshape(-1)[labels + offset]
-
-
 class Translate(Task):
     name = "translate"
     roles = ("background", "static", "moved")
@@ -143,7 +66,9 @@ class Translate(Task):
         for d in range(len(DIRECTIONS)):
             rows = np.flatnonzero(direction == d)
             if len(rows):
-                got = disjoint_triples(rng, 2 * len(rows), height, width, self.name, pools[d])
+                got = shapes.sample_rectangles(
+                    rng, 2 * len(rows), N_RECT, height, width, self.name, last=pools[d]
+                )
                 idx[rows] = got.reshape(len(rows), 2, N_RECT)
         moved = shifted[direction[:, None], idx[:, :, 2]]  # [n, 2]
         hw = height * width
@@ -151,7 +76,7 @@ class Translate(Task):
         static = labelled[0][idx[:, :, 0]] + labelled[1][idx[:, :, 1]]  # [n, 2, HW]
         labels[:, 0::2] = static + labelled[2][idx[:, :, 2]]
         labels[:, 1::2] = np.maximum(static, labelled[2][moved])  # moved drawn on top
-        grids = colour_labels(labels, colours).reshape(n, 4, height, width)
+        grids = shapes.colour_labels(labels, colours).reshape(n, 4, height, width)
         objects = (labels.astype(np.int8) - 1).reshape(n, 4, height, width)
         roles = np.array([0, 1, 1, 2], dtype=np.int8)[labels].reshape(n, 4, height, width)
         params = {
