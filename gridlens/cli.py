@@ -12,6 +12,10 @@ from gridlens.errors import GridlensError
 
 SUBCOMMANDS: dict[str, str] = {
     "world": "gridlens.world.commands:world",
+    "groundtruth": "gridlens.groundtruth.commands:groundtruth",
+    "model": "gridlens.models.commands:model",
+    "train": "gridlens.training.commands:train",
+    "eval": "gridlens.training.commands:eval_command",
 }
 
 
@@ -53,3 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(error.exit_code)
     except click.exceptions.Exit as exit_:
         sys.exit(exit_.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -30,5 +31,33 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_directory(path: str | os.PathLike, fill: Callable[[Path], object]) -> Path:
+    """Build a directory through `fill(staging_dir)` beside `path`, then swap it into place with
+    renames: readers see the old directory or the whole new one, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual permissions
+        fill(staging)
+        for f in staging.iterdir():
+            if f.is_file():
+                os.chmod(f, 0o666 & ~_umask())
+                with open(f, "rb") as handle:
+                    os.fsync(handle.fileno())
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            old.rmdir()
+            os.replace(path, old)
+            os.replace(staging, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
         raise
     return path

@@ -20,8 +20,6 @@ import json
 import os
 import pickle
 import re
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from typing import Any
 import torch
 
 from gridlens.errors import CheckpointError, ConfigError, GridlensError
+from gridlens.io import atomic_directory, atomic_write
 from gridlens.models.config import GridGPTConfig
 
 FORMAT_NAME = "gridlens.gridgpt"
@@ -458,19 +457,6 @@ def load(path: str | os.PathLike, n_ctx: int | None = None, device: Any = None, 
 # ---------------------------------------------------------------------------- writing
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save(model, path: str | os.PathLike, overwrite: bool = True) -> Path:
     """Write `model` in our format: a directory with config.json and model.safetensors.
 
@@ -478,7 +464,7 @@ def save(model, path: str | os.PathLike, overwrite: bool = True) -> Path:
     never sees a half-written checkpoint. A path ending in .safetensors writes one file whose
     metadata holds the config.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save as save_bytes
 
     path = Path(path)
     header = {
@@ -489,32 +475,18 @@ def save(model, path: str | os.PathLike, overwrite: bool = True) -> Path:
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {"gridlens": json.dumps(header)}
     if path.suffix == ".safetensors":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+        atomic_write(path, lambda handle: handle.write(save_bytes(state, metadata=meta)))
         return path
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"{path}: exists and is not a directory")
     if path.exists() and not overwrite:
         raise CheckpointError(f"{path}: exists (overwrite=False)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        save_file(state, str(staging / WEIGHTS_FILE), metadata=meta)
+
+    def fill(staging: Path) -> None:
+        (staging / WEIGHTS_FILE).write_bytes(save_bytes(state, metadata=meta))
         (staging / CONFIG_FILE).write_text(json.dumps(header, indent=2) + "\n")
-        for f in staging.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-            old.rmdir()
-            os.replace(path, old)
-            os.replace(staging, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    atomic_directory(path, fill)
     return path
 
 

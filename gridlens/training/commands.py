@@ -1,0 +1,375 @@
+"""`gridlens train` and `gridlens eval`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gridlens.errors import CheckpointError, ConfigError
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "data" / "default_model"
+TRAINING_FILE = "training.json"  # the training config, beside a model's config.json
+
+_MODEL_FIELDS = ("d_model", "n_layers", "n_heads", "d_head", "d_mlp")
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--preset", default=None, help="Training preset: cpu (default), 37m or tiny.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="A JSON or TOML file of options (overrides the preset).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Run directory (checkpoints, log.jsonl, model/, eval.json, curve.png).",
+)
+@click.option(
+    "--resume", is_flag=True, help="Continue the run in --out from its newest checkpoint."
+)
+@click.option(
+    "--resume-from",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Continue from this checkpoint file (e.g. an older one).",
+)
+@click.option(
+    "--population",
+    type=int,
+    default=None,
+    help="Train K models with seeds seed..seed+K-1 into OUT/model_{k}/.",
+)
+@click.option("--tasks", default=None, help="Comma-separated tasks, 'default' (the 8) or 'all'.")
+@click.option("--structures", default=None, help="Comma-separated structures or 'mix' (all five).")
+@click.option("--noise", type=float, default=None, help="Prompt noise probability (0.05).")
+@click.option("--steps", type=int, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--lr", type=float, default=None)
+@click.option("--warmup-steps", type=int, default=None)
+@click.option("--weight-decay", type=float, default=None)
+@click.option("--grad-clip", type=float, default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--test-seed", type=int, default=None, help="Seed of the held-out test pool.")
+@click.option("--d-model", type=int, default=None)
+@click.option("--n-layers", type=int, default=None)
+@click.option("--n-heads", type=int, default=None)
+@click.option("--d-head", type=int, default=None)
+@click.option("--d-mlp", type=int, default=None)
+@click.option("--device", default=None, help="auto (default), cpu, cuda, cuda:1 ...")
+@click.option(
+    "--dtype",
+    default=None,
+    type=click.Choice(["auto", "float32", "bfloat16"]),
+    help="Autocast dtype; auto = bf16 on CUDA, fp32 on CPU.",
+)
+@click.option("--threads", type=int, default=None, help="CPU threads (0: torch's default).")
+@click.option("--eval-every", type=int, default=None)
+@click.option(
+    "--eval-n", type=int, default=None, help="Quizzes per task and structure, periodic eval."
+)
+@click.option("--final-eval-n", type=int, default=None)
+@click.option("--checkpoint-every", type=int, default=None)
+@click.option("--keep-checkpoints", type=int, default=None)
+@click.option("--log-every", type=int, default=None)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.pass_context
+def train(
+    ctx: click.Context,
+    preset,
+    config_file,
+    out,
+    resume,
+    resume_from,
+    population,
+    no_progress,
+    **options: Any,
+) -> None:
+    """Train a GridGPT (or a population) on quizzes from the world generator.
+
+    \b
+      gridlens train --preset cpu --out runs/cpu          # ~1 h on 2 CPU cores
+      gridlens train --out runs/cpu --resume               # continue after an interruption
+      gridlens train --preset 37m --out runs/37m           # GPU, bf16
+      torchrun --nproc-per-node 2 $(which gridlens) train --preset 37m --out runs/ddp
+      gridlens train plot runs/cpu                         # curve.png from log.jsonl
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from gridlens.training.config import TrainConfig
+    from gridlens.training.trainer import resume_config
+
+    if out is None:
+        raise click.UsageError("--out DIR is required (the run directory)")
+    overrides = {k: v for k, v in options.items() if v is not None}
+    if no_progress:
+        overrides["progress"] = False
+    resuming = bool(resume or resume_from)
+    if resuming and population is None and preset is None and config_file is None:
+        base = resume_config(out).to_dict()
+        cfg = TrainConfig.from_dict({**base, **overrides}, "options")
+    else:
+        cfg = TrainConfig.build(
+            preset=preset or ("cpu" if config_file is None else None),
+            file=config_file,
+            overrides=overrides,
+        )
+    if population is not None:
+        from gridlens.training.population import train_population
+
+        if resume_from:
+            raise click.UsageError("--resume-from names one run; use --resume with --population")
+        train_population(cfg, out, population, resume=resuming, echo=click.echo)
+        return
+    from gridlens.training.trainer import train as run_training
+
+    summary = run_training(cfg, out, resume=resume_from or resume, echo=click.echo)
+    if summary.get("finished") and summary.get("main", True):
+        _finish_model_dir(Path(out), cfg)
+        click.echo(f"done: {out}/model (load with gridlens.models.load), curve {out}/curve.png")
+
+
+def _finish_model_dir(out: Path, cfg) -> None:
+    """Put the training config and the final evaluation beside the weights, so the model
+    directory alone is what `gridlens eval` and the shipped default model need."""
+    model_dir = out / "model"
+    if not model_dir.is_dir():
+        return
+    (model_dir / TRAINING_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    for name in ("eval.json", "curve.png"):
+        if (out / name).is_file():
+            (model_dir / name).write_bytes((out / name).read_bytes())
+
+
+@train.command("plot")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--png",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Output PNG (default RUN_DIR/curve.png).",
+)
+def plot(run_dir: str, png: str | None) -> None:
+    """Draw the training curve of RUN_DIR from its log.jsonl."""
+    from gridlens.training.plots import plot_curve
+
+    target = png or str(Path(run_dir) / "curve.png")
+    plot_curve(Path(run_dir) / "log.jsonl", target)
+    click.echo(target)
+
+
+# ---------------------------------------------------------------------------- eval
+
+
+def resolve_model(spec: str, device: str = "cpu"):
+    """(model, training config dict or None, path) for `default`, a run directory, a model
+    directory/file in any format gridlens.models.load reads, or a training checkpoint (.pt)."""
+    from gridlens.models import GridGPT, load
+    from gridlens.training.checkpoint import FORMAT, load_checkpoint
+    from gridlens.training.config import TrainConfig
+
+    if spec == "default":
+        path = DEFAULT_MODEL_DIR
+        if not (path / "model.safetensors").is_file():
+            raise CheckpointError(
+                f"{path}: the default model is not installed (train one with "
+                "`gridlens train --preset cpu --out runs/cpu` and copy runs/cpu/model there)"
+            )
+    else:
+        path = Path(spec)
+        if (
+            path.is_dir()
+            and (path / "model").is_dir()
+            and not (path / "model.safetensors").exists()
+        ):
+            path = path / "model"  # a run directory
+    training = None
+    if path.is_file() and path.suffix == ".pt":
+        import torch
+
+        head = None
+        try:
+            head = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            head = None
+        if isinstance(head, dict) and head.get("format") == FORMAT:
+            state = load_checkpoint(path)
+            cfg = TrainConfig.from_dict(state["config"], str(path))
+            model = GridGPT(cfg.model_config(), seed=0)
+            model.load_state_dict(state["model"])
+            return model.to(device).eval(), cfg.to_dict(), path
+    model = load(path, device=device).eval()
+    for candidate in (
+        path / TRAINING_FILE if path.is_dir() else path.parent / TRAINING_FILE,
+        path.parent / "config.json" if path.is_dir() else None,
+    ):
+        if candidate is not None and candidate.is_file():
+            try:
+                data = json.loads(candidate.read_text())
+                training = TrainConfig.from_dict(data, str(candidate)).to_dict()
+                break
+            except (json.JSONDecodeError, ConfigError):
+                continue
+    return model, training, path
+
+
+@click.command("eval", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model_spec", metavar="MODEL")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the metrics as JSON here.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write eval.json, bars.png and failures.png into this directory.",
+)
+@click.option("--bars", type=click.Path(dir_okay=False), default=None, help="Bar chart PNG.")
+@click.option(
+    "--gallery", type=click.Path(dir_okay=False), default=None, help="Failure gallery PNG."
+)
+@click.option(
+    "--tasks", default=None, help="Tasks (default: those the model was trained on, else the 8)."
+)
+@click.option(
+    "--structures", default="forward,inverse,backward,backward_inverse", show_default=True
+)
+@click.option(
+    "-n",
+    "--n",
+    "n",
+    type=int,
+    default=100,
+    show_default=True,
+    help="Test quizzes per task and structure.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="Test-set seed (default: the model's training test seed, else 0).",
+)
+@click.option(
+    "--test-pool",
+    type=int,
+    default=None,
+    help="Test pool size per task (default: the training run's, else 2000).",
+)
+@click.option("--sample-seed", type=int, default=0, show_default=True)
+@click.option("--no-sampled", is_flag=True, help="Skip the temperature-1 sampled accuracy.")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--threads", type=int, default=0)
+def eval_command(
+    model_spec,
+    json_path,
+    out,
+    bars,
+    gallery,
+    tasks,
+    structures,
+    n,
+    seed,
+    test_pool,
+    sample_seed,
+    no_sampled,
+    batch_size,
+    device,
+    threads,
+) -> None:
+    """Accuracy of MODEL per task and structure on a held-out test set.
+
+    MODEL: `default` (the shipped model), a run directory, a model directory or file
+    (our format, or an original gpt_NNN.pth), or a training checkpoint (.pt).
+    """
+    import torch
+    from tqdm import tqdm
+
+    from gridlens.training.data import TestSet
+    from gridlens.training.evaluate import bar_chart, evaluate, failure_gallery
+    from gridlens.training.trainer import resolve_device
+    from gridlens.world.render import atomic_write
+    from gridlens.world.tasks import resolve_tasks
+
+    if n < 1 or batch_size < 1:
+        raise click.UsageError("--n and --batch-size must be >= 1")
+    if threads:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    names_s = tuple(s.strip() for s in structures.split(",") if s.strip())
+    from gridlens.world.structures import get_structure
+
+    for s in names_s:
+        get_structure(s)
+    model, training, path = resolve_model(model_spec, str(dev))
+    task_names = (
+        resolve_tasks(tasks)
+        if tasks
+        else tuple(training["tasks"] if training else resolve_tasks("default"))
+    )
+    test_seed = seed if seed is not None else (training["test_seed"] if training else 0)
+    pool = test_pool or (training["test_pool"] if training else 2000)
+    if n * len(names_s) > pool:
+        pool = (
+            n * 5
+        )  # one slice per structure; a larger pool than training's is not guaranteed disjoint
+        click.echo(
+            f"warning: test pool enlarged to {pool} per task; only the training pool size "
+            "is guaranteed disjoint from the training data",
+            err=True,
+        )
+    if training and (test_seed != training["test_seed"] or pool != training["test_pool"]):
+        click.echo(
+            "note: this test set is not the one excluded from training "
+            f"(training used seed {training['test_seed']}, pool {training['test_pool']})",
+            err=True,
+        )
+    test_set = TestSet.build(task_names, pool, test_seed)
+    amp = torch.bfloat16 if dev.type == "cuda" else None
+    total = n * len(names_s) * len(task_names)
+    with tqdm(total=total, desc="eval", unit="quiz", dynamic_ncols=True, leave=False) as bar:
+        result = evaluate(
+            model,
+            test_set,
+            task_names,
+            names_s,
+            n=n,
+            batch_size=batch_size,
+            sampled=not no_sampled,
+            sample_seed=sample_seed,
+            max_failures=200,
+            autocast_dtype=amp,
+            progress=bar.update,
+        )
+    payload = {
+        **result.to_json(),
+        "model": str(path),
+        "test_pool": pool,
+        "sample_seed": sample_seed,
+        "structures_evaluated": list(names_s),
+    }
+    click.echo(result.table())
+    if out:
+        out_dir = Path(out)
+        json_path = json_path or str(out_dir / "eval.json")
+        bars = bars or str(out_dir / "bars.png")
+        gallery = gallery or str(out_dir / "failures.png")
+    if json_path:
+        atomic_write(json_path, lambda h: h.write((json.dumps(payload, indent=2) + "\n").encode()))
+        click.echo(f"wrote {json_path}")
+    if bars:
+        bar_chart(result, bars, title=f"{model_spec}: {n} quizzes per task and structure")
+        click.echo(f"wrote {bars}")
+    if gallery:
+        drawn = failure_gallery(result.failures, gallery)
+        click.echo(f"wrote {gallery} ({drawn} failures)" if drawn else "no failures to draw")
