@@ -1,0 +1,225 @@
+"""`gridlens groundtruth train|eval`: SIIT training of models with known circuits, and scoring
+SAEs / circuit discovery against them."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from gridlens.errors import ConfigError
+
+
+@click.group()
+def groundtruth() -> None:
+    """Transformers with known circuits (strict IIT) and scoring methods against them."""
+
+
+@groundtruth.command()
+@click.option(
+    "--bench",
+    default="parenthesis",
+    show_default=True,
+    help="parenthesis, left_greater, duplicate_remover, unique_extractor, all4, or "
+    "tasks joined by '+'.",
+)
+@click.option(
+    "--subspaces", is_flag=True, help="Multi-task: each task gets its own slice of each shared MLP."
+)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--max-epochs", default=200, show_default=True)
+@click.option("--eval-every", default=1, show_default=True)
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--n-train", default=5632, show_default=True, help="Training inputs per task.")
+@click.option("--n-val", default=2000, show_default=True, help="Validation inputs per task.")
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--lr-end", default=2e-4, show_default=True)
+@click.option("--betas", default="0.9,0.9", show_default=True)
+@click.option(
+    "--weights",
+    default="0.4,1.0,0.4",
+    show_default=True,
+    help="behaviour,iit,strict loss weights (each applied once).",
+)
+@click.option(
+    "--strict-mode", type=click.Choice(["one", "half", "all"]), default="half", show_default=True
+)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--threads", default=0, show_default=True, help="torch threads (0: default).")
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    show_default=True,
+    help="Resume from OUT/checkpoint if present.",
+)
+def train(
+    bench,
+    subspaces,
+    out_dir,
+    max_epochs,
+    eval_every,
+    batch_size,
+    n_train,
+    n_val,
+    lr,
+    lr_end,
+    betas,
+    weights,
+    strict_mode,
+    seed,
+    threads,
+    resume,
+) -> None:
+    """Train one benchmark with SIIT until 100% accuracy, IIA >= 99.3%, SIIA >= 99.95%."""
+    from gridlens.groundtruth.figures import training_curves
+    from gridlens.groundtruth.iit import TrainConfig, save_run
+    from gridlens.groundtruth.iit import train as run_train
+    from gridlens.groundtruth.spec import get_benchmark
+
+    wb, wi, ws = _floats(weights, 3, "--weights")
+    cfg = TrainConfig(
+        batch_size=batch_size,
+        n_train_per_task=n_train,
+        n_val_per_task=n_val,
+        max_epochs=max_epochs,
+        lr=lr,
+        lr_end=lr_end,
+        betas=tuple(_floats(betas, 2, "--betas")),
+        weight_behaviour=wb,
+        weight_iit=wi,
+        weight_strict=ws,
+        strict_mode=strict_mode,
+        eval_every=eval_every,
+        seed=seed,
+        threads=threads,
+    )
+    b = get_benchmark(bench, subspaces=subspaces)
+    out = Path(out_dir)
+    click.echo(f"{b.name}: nodes {b.describe()['nodes']}; unused {b.describe()['unused']}")
+
+    def progress(row: dict) -> None:
+        if "accuracy" in row:
+            click.echo(
+                f"epoch {row['epoch']:4d}  {row['epoch_seconds']:.2f}s  loss "
+                f"{row['loss_total']:.4f}  acc {row['accuracy']:.5f}  iia "
+                f"{row['iia']:.5f}  siia {row['siia']:.5f}"
+            )
+
+    model, result = run_train(
+        b, cfg, progress=progress, checkpoint=out / "checkpoint" if resume else None
+    )
+    save_run(out, model, b, cfg, result, subspaces, bench)
+    training_curves(result.history, out / "training.png", b.name)
+    f = result.final
+    status = (
+        f"reached the thresholds at epoch {result.reached_epoch} after "
+        f"{result.reached_seconds:.1f}s of training"
+        if result.reached_epoch
+        else "did NOT reach the thresholds"
+    )
+    click.echo(
+        f"{status}; {result.seconds_per_epoch:.2f}s/epoch; final acc "
+        f"{f.get('accuracy', float('nan')):.5f} iia {f.get('iia', float('nan')):.5f} siia "
+        f"{f.get('siia', float('nan')):.5f}; wrote {out}"
+    )
+
+
+@groundtruth.command("eval")
+@click.option(
+    "--run",
+    "run_dir",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="A `groundtruth train` output directory.",
+)
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Default: RUN/eval."
+)
+@click.option(
+    "--n-per-task",
+    default=1000,
+    show_default=True,
+    help="Fresh inputs per task (half to train SAEs/probes, half to score).",
+)
+@click.option("--sae-arch", type=click.Choice(["topk", "relu"]), default="topk", show_default=True)
+@click.option("--sae-latents", default=0, show_default=True, help="0: 2 x d_mlp.")
+@click.option("--sae-k", default=8, show_default=True)
+@click.option("--sae-steps", default=1000, show_default=True)
+@click.option("--seed", default=1, show_default=True)
+def eval_(run_dir, out_dir, n_per_task, sae_arch, sae_latents, sae_k, sae_steps, seed) -> None:
+    """Accuracy/IIA/SIIA on fresh data, SAEs vs the known variables, circuit-discovery ROC AUC."""
+    from gridlens.groundtruth.figures import circuit_scores, sae_matrix, sae_scores
+    from gridlens.groundtruth.iit import _jsonable, evaluate, load_run
+    from gridlens.groundtruth.scoring import circuit_discovery, mlp_variables, score_mlp
+
+    if n_per_task < 4:
+        raise ConfigError(f"--n-per-task must be >= 4, got {n_per_task}")
+    model, bench, _meta = load_run(Path(run_dir))
+    out = Path(out_dir) if out_dir else Path(run_dir) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    fit_tokens, _ = bench.generate(n_per_task // 2, rng)
+    test_tokens, _ = bench.generate(n_per_task - n_per_task // 2, rng)
+    t0 = time.perf_counter()
+    report: dict = {"run": str(run_dir), "benchmark": bench.describe()}
+    report["metrics"] = evaluate(model, bench, test_tokens)
+    m = report["metrics"]
+    click.echo(f"accuracy {m['accuracy']:.5f}  IIA {m['iia']:.5f}  SIIA {m['siia']:.5f}")
+    report["sae"] = {}
+    for layer in range(bench.config.n_layers):
+        if not mlp_variables(bench, layer):
+            continue
+        torch.manual_seed(seed)
+        r = score_mlp(
+            model,
+            bench,
+            layer,
+            fit_tokens,
+            test_tokens,
+            n_latents=sae_latents or None,
+            arch=sae_arch,
+            k=sae_k,
+            sae_steps=sae_steps,
+            seed=seed,
+        )
+        sae_scores(r, out / f"sae_L{layer}.png", f"{bench.name}: MLP {layer}")
+        sae_matrix(r, out / f"sae_matrix_L{layer}.png", f"{bench.name}: MLP {layer} SAE F1")
+        for method in r["methods"].values():
+            if "f1_matrix" in method:
+                method["f1_matrix"] = method["f1_matrix"].tolist()
+        report["sae"][f"L{layer}"] = r
+        line = "  ".join(
+            f"{k}: best F1 {v['mean_best_f1']:.3f} hungarian {v['hungarian_mean_f1']:.3f}"
+            for k, v in r["methods"].items()
+            if "mean_best_f1" in v
+        )
+        click.echo(
+            f"MLP {layer}: {line}; SAE FVU {r['sae']['fvu_test']:.3f}, acc spliced "
+            f"{r['sae']['accuracy_spliced']:.4f}"
+        )
+    tasks = range(len(bench.tasks)) if bench.multi else [None]
+    circuits = [circuit_discovery(model, bench, test_tokens, task=k) for k in tasks]
+    circuit_scores(circuits, out / "circuit.png", bench.name)
+    report["circuit_discovery"] = circuits
+    for c in circuits:
+        click.echo(
+            f"circuit {c['task']}: ROC AUC activation patching "
+            f"{c['auc_activation_patching']:.3f}, AtP {c['auc_atp']:.3f}"
+        )
+    report["seconds"] = time.perf_counter() - t0
+    (out / "eval.json").write_text(json.dumps(_jsonable(report), indent=1))
+    click.echo(f"wrote {out}/eval.json and figures")
+
+
+def _floats(text: str, n: int, what: str) -> list[float]:
+    try:
+        vals = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{what}: expected {n} comma-separated numbers, got {text!r}") from None
+    if len(vals) != n:
+        raise ConfigError(f"{what}: expected {n} comma-separated numbers, got {text!r}")
+    return vals

@@ -1,0 +1,537 @@
+"""Interchange interventions, IIT / strict IIT (SIIT) training and the IIA / SIIA metrics.
+
+Interventions are batched: every example of a batch carries its own boolean mask per node, and
+one forward pass over the batch splices the source activations into the masked nodes with
+``torch.where`` inside a hook (no Python loop over examples or nodes). A training step runs the
+sources once without gradient, then one forward/backward over ``[base; base; base]`` (3B rows):
+the first B rows are clean (behaviour loss), the next B have one correspondence node per example
+patched (IIT loss, target = the high-level model under the same interchange), the last B have
+unused nodes patched (strict loss, target = the base label). The three losses are weighted once
+each and summed; one optimiser step is taken on the sum.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gridlens.errors import CheckpointError, ConfigError
+from gridlens.groundtruth.spec import Benchmark, Site
+
+STRICT_MODES = ("one", "half", "all")
+
+
+# ----------------------------------------------------------------------------- interventions
+
+
+def patch_hooks(
+    site_masks: Mapping[Site, torch.Tensor], source: Mapping[str, torch.Tensor]
+) -> list[tuple[str, Callable]]:
+    """Forward hooks that replace, for every example b with ``site_masks[site][b]`` true, the
+    site's activation by ``source[site.hook][b]`` (a cached activation of the same shape as the
+    hooked tensor). Sites on the same hook are combined into one ``torch.where``."""
+    by_hook: dict[str, list[tuple[Site, torch.Tensor]]] = {}
+    for site, mask in site_masks.items():
+        by_hook.setdefault(site.hook, []).append((site, mask))
+    hooks = []
+    for hook, entries in by_hook.items():
+        src = source[hook]
+
+        def fn(act: torch.Tensor, point, entries=entries, src=src) -> torch.Tensor:
+            if act.shape != src.shape:
+                raise ConfigError(
+                    f"patching {point.name}: source activation of shape "
+                    f"{tuple(src.shape)}, hooked tensor {tuple(act.shape)}"
+                )
+            full = torch.zeros(
+                (act.shape[0], 1, *act.shape[2:]), dtype=torch.bool, device=act.device
+            )
+            for site, mask in entries:
+                m = mask.to(act.device)
+                if site.head is not None:
+                    if site.dims is None:
+                        full[:, 0, site.head, :] |= m[:, None]
+                    else:
+                        full[:, 0, site.head, site.dims[0] : site.dims[1]] |= m[:, None]
+                elif site.dims is not None:
+                    full[:, 0, site.dims[0] : site.dims[1]] |= m[:, None]
+                else:
+                    full |= m.view(-1, *([1] * (full.dim() - 1)))
+            return torch.where(full, src, act)
+
+        hooks.append((hook, fn))
+    return hooks
+
+
+def hooks_needed(bench: Benchmark) -> list[str]:
+    return sorted({n.site.hook for n in bench.nodes} | {s.hook for s in bench.unused})
+
+
+def run_patched(
+    model,
+    base: torch.Tensor,
+    source_cache: Mapping[str, torch.Tensor],
+    site_masks: Mapping[Site, torch.Tensor],
+) -> torch.Tensor:
+    """Logits of ``base`` with the masked sites replaced by the cached source activations."""
+    if not site_masks:
+        return model(base)
+    return model.run_with_hooks(base, fwd_hooks=patch_hooks(site_masks, source_cache))
+
+
+def source_cache(model, source: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        _, cache = model.run_with_cache(source, names=list(names))
+    return {k: cache[k] for k in names}
+
+
+def hl_interchange(
+    bench: Benchmark,
+    base: torch.Tensor,
+    source_values: Mapping[str, torch.Tensor],
+    node_masks: Sequence[torch.Tensor],
+) -> torch.Tensor:
+    """High-level output of ``base`` with node i's variables taken from the source where
+    ``node_masks[i]`` is true."""
+    patches = {}
+    for node, mask in zip(bench.nodes, node_masks, strict=True):
+        if bool(mask.any()):
+            for var in node.variables:
+                patches[var] = (mask, source_values[var])
+    return bench.run_high_level(base, patches)["output"]
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 256
+    n_train_per_task: int = 5632  # 22 batches of 256 for one task
+    n_val_per_task: int = 2000
+    max_epochs: int = 200
+    lr: float = 1e-3
+    lr_end: float = 2e-4  # linear decay to this over max_epochs
+    betas: tuple[float, float] = (0.9, 0.9)
+    weight_behaviour: float = 0.4
+    weight_iit: float = 1.0
+    weight_strict: float = 0.4
+    strict_mode: str = "half"
+    threshold_accuracy: float = 1.0
+    threshold_iia: float = 0.993
+    threshold_siia: float = 0.9995
+    eval_every: int = 1
+    seed: int = 0
+    threads: int = 0  # 0: torch's default
+
+    def __post_init__(self) -> None:
+        if self.strict_mode not in STRICT_MODES:
+            raise ConfigError(
+                f"strict_mode must be one of {STRICT_MODES}, got {self.strict_mode!r}"
+            )
+        if self.batch_size < 2:
+            raise ConfigError("batch_size must be >= 2 (sources are drawn from the batch)")
+        self.betas = tuple(self.betas)
+
+
+@dataclass
+class StepLosses:
+    behaviour: torch.Tensor
+    iit: torch.Tensor
+    strict: torch.Tensor
+    total: torch.Tensor
+
+
+def masked_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over positions whose target is not -1 (0 if there are none)."""
+    flat = target.reshape(-1)
+    if not bool((flat >= 0).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat, ignore_index=-1)
+
+
+def sample_masks(
+    bench: Benchmark, batch: int, mode: str, gen: torch.Generator
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per-example masks: one correspondence node per example (IIT), and unused nodes per the
+    strict mode: ``one`` (one per example), ``half`` (each with probability 0.5), ``all``."""
+    n_nodes, n_unused = len(bench.nodes), len(bench.unused)
+    pick = torch.randint(n_nodes, (batch,), generator=gen)
+    iit = [pick == i for i in range(n_nodes)]
+    if n_unused == 0:
+        return iit, []
+    if mode == "one":
+        u = torch.randint(n_unused, (batch,), generator=gen)
+        strict = [u == j for j in range(n_unused)]
+    elif mode == "half":
+        strict = list(torch.rand((n_unused, batch), generator=gen) < 0.5)
+    else:
+        strict = [torch.ones(batch, dtype=torch.bool) for _ in range(n_unused)]
+    return iit, strict
+
+
+def siit_losses(
+    model,
+    bench: Benchmark,
+    base: torch.Tensor,
+    labels: torch.Tensor,
+    source: torch.Tensor,
+    source_values: Mapping[str, torch.Tensor],
+    iit_masks: Sequence[torch.Tensor],
+    strict_masks: Sequence[torch.Tensor],
+    weights: tuple[float, float, float],
+) -> StepLosses:
+    """The three losses on one batch, in one forward pass over 3B rows; total = the weighted
+    sum, each weight applied exactly once."""
+    b = len(base)
+    names = hooks_needed(bench)
+    cache = source_cache(model, source, names)
+    cache3 = {k: v.repeat(3, *([1] * (v.dim() - 1))) for k, v in cache.items()}
+    off = torch.zeros(b, dtype=torch.bool)
+    masks: dict[Site, torch.Tensor] = {}
+    for node, m in zip(bench.nodes, iit_masks, strict=True):
+        masks[node.site] = torch.cat([off, m, off])
+    for site, m in zip(bench.unused, strict_masks, strict=True):
+        masks[site] = torch.cat([off, off, m])
+    logits = run_patched(model, base.repeat(3, 1), cache3, masks)
+    iit_target = hl_interchange(bench, base, source_values, iit_masks)
+    lb = masked_ce(logits[:b], labels)
+    li = masked_ce(logits[b : 2 * b], iit_target)
+    ls = masked_ce(logits[2 * b :], labels) if strict_masks else logits.sum() * 0.0
+    wb, wi, ws = weights
+    return StepLosses(lb, li, ls, wb * lb + wi * li + ws * ls)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _acc(
+    logits: torch.Tensor, target: torch.Tensor, task_ids: torch.Tensor, n_tasks: int
+) -> tuple[float, list[float]]:
+    ok = logits.argmax(-1) == target
+    valid = target >= 0
+    total = float((ok & valid).sum() / valid.sum().clamp(min=1))
+    per = []
+    for k in range(n_tasks):
+        sel = task_ids == k
+        v = valid[sel]
+        per.append(float((ok[sel] & v).sum() / v.sum().clamp(min=1)))
+    return total, per
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    bench: Benchmark,
+    tokens: torch.Tensor,
+    source_perm: torch.Tensor | None = None,
+    chunk: int = 4096,
+) -> dict:
+    """Accuracy, IIA per node (and mean over nodes), SIIA per unused node (mean, and with all
+    unused nodes patched at once), each also per task. Sources are ``tokens[source_perm]``
+    (a fixed derangement-like permutation by default)."""
+    model.eval()
+    n = len(tokens)
+    if source_perm is None:
+        source_perm = torch.roll(torch.arange(n), 1)
+    source = tokens[source_perm]
+    values = bench.run_high_level(tokens)
+    src_values = {k: v[source_perm] for k, v in values.items()}
+    labels = values["output"]
+    task_ids = bench.task_ids(tokens)
+    names = hooks_needed(bench)
+    n_tasks = len(bench.tasks)
+    task_names = [t.name for t in bench.tasks]
+
+    def run(site_masks_fn, target) -> tuple[float, list[float]]:
+        outs = []
+        for a in range(0, n, chunk):
+            sl = slice(a, a + chunk)
+            cache = source_cache(model, source[sl], names) if site_masks_fn else {}
+            masks = site_masks_fn(min(chunk, n - a)) if site_masks_fn else {}
+            outs.append(run_patched(model, tokens[sl], cache, masks))
+        return _acc(torch.cat(outs), target, task_ids, n_tasks)
+
+    acc, acc_per = run(None, labels)
+    out: dict = {"accuracy": acc, "accuracy_per_task": dict(zip(task_names, acc_per, strict=True))}
+    iia_nodes, iia_per_task = {}, np.zeros(n_tasks)
+    for i, node in enumerate(bench.nodes):
+        masks = [
+            torch.ones(n, dtype=torch.bool) if j == i else torch.zeros(n, dtype=torch.bool)
+            for j in range(len(bench.nodes))
+        ]
+        target = hl_interchange(bench, tokens, src_values, masks)
+        a, per = run(lambda b, node=node: {node.site: torch.ones(b, dtype=torch.bool)}, target)
+        iia_nodes[node.label] = a
+        iia_per_task += np.array(per)
+    out["iia"] = float(np.mean(list(iia_nodes.values())))
+    out["iia_per_node"] = iia_nodes
+    out["iia_per_task"] = dict(
+        zip(task_names, (iia_per_task / len(bench.nodes)).tolist(), strict=True)
+    )
+    siia_nodes, siia_per_task = {}, np.zeros(n_tasks)
+    for site in bench.unused:
+        a, per = run(lambda b, site=site: {site: torch.ones(b, dtype=torch.bool)}, labels)
+        siia_nodes[site.label] = a
+        siia_per_task += np.array(per)
+    if bench.unused:
+        out["siia"] = float(np.mean(list(siia_nodes.values())))
+        out["siia_per_task"] = dict(
+            zip(task_names, (siia_per_task / len(bench.unused)).tolist(), strict=True)
+        )
+        out["siia_all_unused"] = run(
+            lambda b: {s: torch.ones(b, dtype=torch.bool) for s in bench.unused}, labels
+        )[0]
+    else:
+        out["siia"] = 1.0
+        out["siia_per_task"] = dict.fromkeys(task_names, 1.0)
+        out["siia_all_unused"] = 1.0
+    out["siia_per_node"] = siia_nodes
+    return out
+
+
+def reached(metrics: Mapping, cfg: TrainConfig) -> bool:
+    return (
+        metrics["accuracy"] >= cfg.threshold_accuracy - 1e-12
+        and metrics["iia"] >= cfg.threshold_iia
+        and metrics["siia"] >= cfg.threshold_siia
+    )
+
+
+# ----------------------------------------------------------------------------- training loop
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)
+    reached_epoch: int | None = None
+    reached_seconds: float | None = None
+    seconds_per_epoch: float = 0.0
+    final: dict = field(default_factory=dict)
+
+
+def make_model(bench: Benchmark, seed: int = 0):
+    from gridlens.models import GridGPT
+
+    return GridGPT(bench.config, seed=seed)
+
+
+def train(
+    bench: Benchmark,
+    cfg: TrainConfig,
+    model=None,
+    progress: Callable[[dict], None] | None = None,
+    checkpoint: Path | None = None,
+    evaluate_last: bool = True,
+) -> tuple[object, TrainResult]:
+    """Train with SIIT until the validation thresholds are reached or ``max_epochs``.
+
+    Data: ``n_train_per_task`` training and ``n_val_per_task`` validation inputs per task from
+    seeded generators; sources are a fresh random permutation of each batch. With
+    ``checkpoint`` (a directory) the model, optimiser and history are saved after every
+    evaluation and training resumes from there if a checkpoint exists."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rng = np.random.default_rng(cfg.seed)
+    train_tokens, _ = bench.generate(cfg.n_train_per_task, rng)
+    val_tokens, _ = bench.generate(cfg.n_val_per_task, rng)
+    train_values = bench.run_high_level(train_tokens)
+    train_labels = train_values["output"]
+    if model is None:
+        model = make_model(bench, cfg.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
+    n = len(train_tokens)
+    n_batches = n // cfg.batch_size
+    total_steps = max(1, cfg.max_epochs * n_batches)
+
+    def lr_at(step: int) -> float:
+        return cfg.lr + (cfg.lr_end - cfg.lr) * min(1.0, step / total_steps)
+
+    result = TrainResult()
+    start_epoch, elapsed = 0, 0.0
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if checkpoint is not None and (checkpoint / "train_state.pt").exists():
+        state = torch.load(checkpoint / "train_state.pt", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        result.history = state["history"]
+        start_epoch, elapsed = state["epoch"], state["elapsed"]
+        if state.get("reached_epoch") is not None:
+            result.reached_epoch = state["reached_epoch"]
+            result.reached_seconds = state["reached_seconds"]
+            result.final = result.history[-1]
+            return model, result
+    weights = (cfg.weight_behaviour, cfg.weight_iit, cfg.weight_strict)
+    train_seconds = 0.0
+    epochs_run = 0
+    for epoch in range(start_epoch, cfg.max_epochs):
+        model.train()
+        t0, c0 = time.perf_counter(), time.process_time()
+        order = torch.randperm(n, generator=gen)
+        sums = np.zeros(4)
+        for i in range(n_batches):
+            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            src_idx = idx[torch.randperm(len(idx), generator=gen)]
+            iit_m, strict_m = sample_masks(bench, len(idx), cfg.strict_mode, gen)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(epoch * n_batches + i)
+            losses = siit_losses(
+                model,
+                bench,
+                train_tokens[idx],
+                train_labels[idx],
+                train_tokens[src_idx],
+                {k: v[src_idx] for k, v in train_values.items()},
+                iit_m,
+                strict_m,
+                weights,
+            )
+            opt.zero_grad(set_to_none=True)
+            losses.total.backward()
+            opt.step()
+            sums += [
+                losses.behaviour.item(),
+                losses.iit.item(),
+                losses.strict.item(),
+                losses.total.item(),
+            ]
+        dt = time.perf_counter() - t0
+        train_seconds += dt
+        epochs_run += 1
+        elapsed += dt
+        row = {
+            "epoch": epoch + 1,
+            "train_seconds": elapsed,
+            "epoch_seconds": dt,
+            "epoch_cpu_seconds": time.process_time() - c0,
+            **dict(
+                zip(
+                    ("loss_behaviour", "loss_iit", "loss_strict", "loss_total"),
+                    (sums / n_batches).tolist(),
+                    strict=True,
+                )
+            ),
+        }
+        done = False
+        if (epoch + 1) % cfg.eval_every == 0 or (evaluate_last and epoch + 1 == cfg.max_epochs):
+            t1 = time.perf_counter()
+            metrics = evaluate(model, bench, val_tokens)
+            row.update(metrics)
+            row["eval_seconds"] = time.perf_counter() - t1
+            done = reached(metrics, cfg)
+            if done:
+                result.reached_epoch = epoch + 1
+                result.reached_seconds = elapsed
+        result.history.append(row)
+        if progress:
+            progress(row)
+        if checkpoint is not None and "accuracy" in row:
+            checkpoint.mkdir(parents=True, exist_ok=True)
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "generator": gen.get_state(),
+                    "history": result.history,
+                    "epoch": epoch + 1,
+                    "elapsed": elapsed,
+                    "reached_epoch": result.reached_epoch,
+                    "reached_seconds": result.reached_seconds,
+                },
+                checkpoint / "train_state.pt",
+            )
+        if done:
+            break
+    result.seconds_per_epoch = train_seconds / max(1, epochs_run)
+    result.final = next((r for r in reversed(result.history) if "accuracy" in r), {})
+    return model, result
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def save_run(
+    path: Path,
+    model,
+    bench: Benchmark,
+    cfg: TrainConfig,
+    result: TrainResult,
+    subspaces: bool,
+    benchmark_name: str,
+) -> None:
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "model.safetensors")
+    )
+    meta = {
+        "format": "gridlens-groundtruth-1",
+        "benchmark": benchmark_name,
+        "subspaces": subspaces,
+        "config": bench.config.to_dict(),
+        "train": asdict(cfg),
+        "describe": bench.describe(),
+    }
+    (path / "run.json").write_text(json.dumps(meta, indent=1))
+    (path / "history.json").write_text(json.dumps(_jsonable(result.history), indent=1))
+    summary = {
+        "reached_epoch": result.reached_epoch,
+        "reached_seconds": result.reached_seconds,
+        "seconds_per_epoch": result.seconds_per_epoch,
+        "final": result.final,
+    }
+    (path / "summary.json").write_text(json.dumps(_jsonable(summary), indent=1))
+
+
+def load_run(path: Path):
+    """(model, benchmark, meta) from a directory written by :func:`save_run`."""
+    from safetensors.torch import load_file
+
+    from gridlens.groundtruth.spec import get_benchmark
+    from gridlens.models import GridGPT, GridGPTConfig
+
+    meta_file = Path(path) / "run.json"
+    if not meta_file.exists():
+        raise CheckpointError(
+            f"{meta_file}: not found (expected a `gridlens groundtruth train` output directory)"
+        )
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{meta_file}: not valid JSON ({error})") from None
+    if meta.get("format") != "gridlens-groundtruth-1":
+        raise CheckpointError(
+            f"{meta_file}: field 'format' is {meta.get('format')!r}, expected "
+            "'gridlens-groundtruth-1'"
+        )
+    bench = get_benchmark(meta["benchmark"], subspaces=meta.get("subspaces", False))
+    cfg = GridGPTConfig.from_dict(meta["config"], source=str(meta_file))
+    model = GridGPT(cfg, seed=None)
+    try:
+        model.load_state_dict(load_file(str(Path(path) / "model.safetensors")))
+    except (RuntimeError, OSError) as error:
+        raise CheckpointError(f"{Path(path) / 'model.safetensors'}: {error}") from None
+    model.eval()
+    return model, bench, meta
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, np.generic):
+        return x.item()
+    return x

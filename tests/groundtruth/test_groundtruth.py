@@ -1,0 +1,347 @@
+"""Machinery of gridlens.groundtruth on tiny configurations (full training runs live in
+benchmarks/groundtruth_speed.py)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gridlens.errors import CheckpointError, ConfigError, GridlensError, UnknownNameError
+from gridlens.groundtruth import iit
+from gridlens.groundtruth.scoring import (
+    circuit_discovery,
+    f1_matrix,
+    linear_assignment,
+    roc_auc,
+    score_mlp,
+    task_purity,
+)
+from gridlens.groundtruth.spec import (
+    Benchmark,
+    Site,
+    combined_benchmark,
+    get_benchmark,
+    head_site,
+    mlp_site,
+    single_benchmark,
+)
+from gridlens.groundtruth.tasks import HighLevelModel, Variable, get_task
+
+TINY = {"d_model": 16, "n_layers": 2, "n_heads": 4, "d_head": 4, "d_mlp": 16}
+
+
+def tok(task, text: str) -> torch.Tensor:
+    ids = {name: i for i, name in enumerate(task.vocab)}
+    return torch.tensor([[0] + [ids[c] for c in text]])
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+def test_parenthesis_labels_by_hand():
+    t = get_task("parenthesis", n_ctx=7)
+    x = tok(t, "(())()")
+    assert t.labels(x).tolist() == [[-1, 0, 0, 0, 1, 0, 1]]
+    x = tok(t, "())(()")  # dips below zero at position 3: never balanced afterwards
+    assert t.labels(x).tolist() == [[-1, 0, 1, 0, 0, 0, 0]]
+
+
+def test_other_task_labels_by_hand():
+    lg = get_task("left_greater", n_ctx=5)
+    assert lg.labels(tok(lg, "()((")).tolist() == [[-1, 1, 0, 1, 1]]
+    dup = get_task("duplicate_remover", n_ctx=7)
+    assert dup.labels(tok(dup, "aabbca")).tolist() == [[-1, 1, 0, 2, 0, 3, 1]]
+    uq = get_task("unique_extractor", n_ctx=7)
+    assert uq.labels(tok(uq, "aabcab")).tolist() == [[-1, 1, 0, 2, 3, 0, 0]]
+
+
+def test_parenthesis_dataset_mix_and_seeding():
+    t = get_task("parenthesis")
+    x = t.generate(2000, np.random.default_rng(0))
+    assert torch.equal(x, t.generate(2000, np.random.default_rng(0)))
+    elev = torch.where(x[:, 1:] == 2, 1, -1).cumsum(1)
+    dips, ends0 = elev.min(1).values < 0, elev[:, -1] == 0
+    for cat in ((~dips & ends0), (dips & ends0), (~dips & ~ends0), (dips & ~ends0)):
+        assert int(cat.sum()) == 500
+
+
+def test_to_vocab_is_deterministic():
+    t = get_task("parenthesis")
+    x = torch.tensor([[0, 1, 2, 3, 4, 5]])
+    assert t.to_vocab(x).tolist() == [[0, 1, 2, 3, 2, 3]]
+
+
+def test_high_level_model_errors():
+    ok = Variable("a", (), lambda d: d["tokens"], 5)
+    dead = Variable("dead", (), lambda d: d["tokens"], 5)
+    out = Variable("out", ("a",), lambda d: d["a"], 5)
+    HighLevelModel("fine", [ok, out], "out", 5)
+    with pytest.raises(ConfigError, match="never feed the output"):
+        HighLevelModel("bad", [ok, dead, out], "out", 5)
+    with pytest.raises(ConfigError, match="not the input"):
+        HighLevelModel("bad", [out, ok], "out", 5)
+    with pytest.raises(UnknownNameError):
+        HighLevelModel("bad", [ok], "nope", 5)
+
+
+def test_high_level_interchange_recomputes_downstream():
+    t = get_task("left_greater", n_ctx=4)
+    base, src = tok(t, "((("), tok(t, ")))")
+    vals = t.high_level.run(src)
+    patched = t.high_level.run(base, {"elevation": (torch.tensor([True]), vals["elevation"])})
+    assert patched["greater"].tolist() == [[0, 0, 0, 0]]
+
+
+# ----------------------------------------------------------------------------- correspondences
+
+
+def _bench(corr, **model):
+    return Benchmark("t", [get_task("left_greater")], corr, {**TINY, **model})
+
+
+@pytest.mark.parametrize(
+    "site, message",
+    [
+        (Site("blocks.5.attn.hook_z", 0), "layer 5 does not exist"),
+        (Site("blocks.0.attn.hook_z", 9), "head 9 does not exist"),
+        (Site("blocks.0.attn.hook_z"), "needs a head"),
+        (Site("blocks.0.hook_mlp_out", 1), "has no heads"),
+        (Site("blocks.0.mlp.hook_post", None, (0, 99)), "outside the hook's width 16"),
+        (Site("blocks.0.attn.hook_nope", 0), "unknown correspondence hook"),
+        (Site("embed"), "expected 'blocks"),
+    ],
+)
+def test_correspondence_bad_sites(site, message):
+    with pytest.raises(GridlensError, match=message):
+        _bench({"left_greater.elevation": site, "left_greater.greater": mlp_site(0)})
+
+
+def test_correspondence_unmapped_unknown_and_overlap():
+    with pytest.raises(ConfigError, match="not mapped"):
+        _bench({"left_greater.elevation": head_site(0, 0)})
+    with pytest.raises(UnknownNameError):
+        _bench(
+            {
+                "left_greater.elevation": head_site(0, 0),
+                "left_greater.greater": mlp_site(0),
+                "left_greater.nope": mlp_site(1),
+            }
+        )
+    with pytest.raises(ConfigError, match="overlap"):
+        _bench(
+            {
+                "left_greater.elevation": mlp_site(0, (0, 8)),
+                "left_greater.greater": mlp_site(0, (4, 12)),
+            }
+        )
+    with pytest.raises(ConfigError, match="overlap"):
+        _bench(
+            {"left_greater.elevation": mlp_site(0), "left_greater.greater": mlp_site(0, (4, 12))}
+        )
+
+
+def test_unused_nodes_include_free_subspace():
+    b = _bench(
+        {"left_greater.elevation": head_site(0, 0), "left_greater.greater": mlp_site(0, (0, 8))}
+    )
+    labels = [s.label for s in b.unused]
+    assert "MLP0[8:16]" in labels and "MLP1" in labels and "L0H0" not in labels
+    assert len(labels) == 7 + 1 + 1
+
+
+def test_combined_benchmark_layout_and_task_interchange():
+    b = combined_benchmark(["left_greater", "duplicate_remover"], **TINY)
+    assert b.n_classes == 6 and b.n_ctx == 16
+    nodes = {n.label: n.variables for n in b.nodes}
+    assert nodes["L1H0"] == ["task"] and nodes["L0H1"] == ["duplicate_remover.prev"]
+    x, ids = b.generate(8, np.random.default_rng(0))
+    lab = b.labels(x)
+    assert (lab[:, :2] == -1).all() and (lab[:, 2:] >= 0).all()
+    lg = ids == 0
+    assert (lab[lg, 2:] < 2).all() and (lab[~lg, 2:] >= 2).all()
+    # interchanging the task variable makes the output the other task's, computed on the base
+    src = b.run_high_level(x.flip(0))
+    out = b.run_high_level(x, {"task": (torch.ones(16, dtype=torch.bool), src["task"])})
+    swapped = ids != ids.flip(0)
+    assert ((out["output"][swapped, 2:] >= 2) == lg[swapped, None]).all()
+    sub = combined_benchmark(["left_greater", "duplicate_remover"], subspaces=True, **TINY)
+    assert {n.label for n in sub.nodes} >= {"MLP0[0:8]", "MLP0[8:16]", "MLP1[8:16]"}
+    assert "MLP1[0:8]" in [s.label for s in sub.unused]
+
+
+def test_unknown_benchmark():
+    with pytest.raises(UnknownNameError):
+        get_benchmark("parenthesiss")
+
+
+# ----------------------------------------------------------------------------- interventions
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    b = single_benchmark("parenthesis", n_ctx=9, **TINY)
+    model = iit.make_model(b, seed=0)
+    x, _ = b.generate(16, np.random.default_rng(0))
+    return b, model, x
+
+
+def test_intervention_swaps_exactly_the_masked_site(tiny):
+    _b, model, x = tiny
+    src = x.flip(0)
+    hook = "blocks.0.attn.hook_z"
+    cache_src = iit.source_cache(model, src, [hook])
+    mask = torch.arange(16) % 2 == 0
+    seen = {}
+
+    def spy(a, p):
+        seen["z"] = a.detach().clone()
+
+    fwd = [*iit.patch_hooks({head_site(0, 1): mask}, cache_src), (hook, spy)]
+    model.run_with_hooks(x, fwd_hooks=fwd)
+    base_z = iit.source_cache(model, x, [hook])[hook]
+    z = seen["z"]
+    assert torch.equal(z[mask][:, :, 1], cache_src[hook][mask][:, :, 1])
+    assert torch.equal(z[mask][:, :, [0, 2, 3]], base_z[mask][:, :, [0, 2, 3]])
+    assert torch.equal(z[~mask], base_z[~mask])
+
+
+def test_losses_weights_applied_once(tiny):
+    b, model, x = tiny
+    gen = torch.Generator().manual_seed(0)
+    iit_m, strict_m = iit.sample_masks(b, 16, "half", gen)
+    vals = b.run_high_level(x)
+    labels = vals["output"]
+    src = x.flip(0)
+    src_vals = {k: v.flip(0) for k, v in vals.items()}
+    losses = iit.siit_losses(model, b, x, labels, src, src_vals, iit_m, strict_m, (0.3, 1.7, 0.5))
+    expect = 0.3 * losses.behaviour + 1.7 * losses.iit + 0.5 * losses.strict
+    assert torch.allclose(losses.total, expect)
+    assert torch.allclose(losses.behaviour, iit.masked_ce(model(x), labels), atol=1e-6)
+    # the IIT loss is the CE against the high-level counterfactual of the same patched run
+    cache = iit.source_cache(model, src, iit.hooks_needed(b))
+    masks = {n.site: m for n, m in zip(b.nodes, iit_m, strict=True)}
+    logits = iit.run_patched(model, x, cache, masks)
+    target = iit.hl_interchange(b, x, src_vals, iit_m)
+    assert torch.allclose(losses.iit, iit.masked_ce(logits, target), atol=1e-5)
+    only_b = iit.siit_losses(model, b, x, labels, src, src_vals, iit_m, strict_m, (2.0, 0, 0))
+    assert torch.allclose(only_b.total, 2.0 * only_b.behaviour)
+
+
+def test_strict_sampling_modes(tiny):
+    b = tiny[0]
+    gen = torch.Generator().manual_seed(0)
+    iit_m, one = iit.sample_masks(b, 1000, "one", gen)
+    assert torch.stack(iit_m).sum(0).eq(1).all() and torch.stack(one).sum(0).eq(1).all()
+    _, half = iit.sample_masks(b, 1000, "half", gen)
+    assert 0.45 < float(torch.stack(half).float().mean()) < 0.55
+    _, every = iit.sample_masks(b, 10, "all", gen)
+    assert torch.stack(every).all()
+    with pytest.raises(ConfigError):
+        iit.TrainConfig(strict_mode="some")
+
+
+def test_iia_and_siia_of_a_model_that_ignores_the_site(tiny):
+    b, _model, x = tiny
+    m = iit.make_model(b, seed=1)
+    dv = b.config.d_model // b.config.n_heads
+    with torch.no_grad():
+        m.blocks[0].attn.w_o[0:dv] = 0  # L0H0 (the elevation node) is ignored downstream
+        m.blocks[1].attn.w_o[3 * dv : 4 * dv] = 0  # L1H3 (unused) is ignored too
+    res = iit.evaluate(m, b, x)
+    assert res["siia_per_node"]["L1H3"] == pytest.approx(res["accuracy"])
+    # patching an ignored node leaves the clean prediction: IIA = agreement with the
+    # high-level counterfactual
+    perm = torch.roll(torch.arange(16), 1)
+    vals = b.run_high_level(x)
+    src_vals = {k: v[perm] for k, v in vals.items()}
+    masks = [
+        torch.ones(16, dtype=torch.bool) if n.label == "L0H0" else torch.zeros(16, dtype=torch.bool)
+        for n in b.nodes
+    ]
+    target = iit.hl_interchange(b, x, src_vals, masks)
+    with torch.no_grad():
+        pred = m(x).argmax(-1)
+    valid = target >= 0
+    expect = float((pred == target)[valid].float().mean())
+    assert res["iia_per_node"]["L0H0"] == pytest.approx(expect)
+
+
+def test_tiny_training_runs_and_resumes(tmp_path):
+    b = single_benchmark("left_greater", n_ctx=6, **TINY)
+    cfg = iit.TrainConfig(batch_size=32, n_train_per_task=64, n_val_per_task=32, max_epochs=2)
+    _model, res = iit.train(b, cfg, checkpoint=tmp_path / "ck")
+    assert len(res.history) == 2 and "iia" in res.final and res.seconds_per_epoch > 0
+    cfg3 = iit.TrainConfig(batch_size=32, n_train_per_task=64, n_val_per_task=32, max_epochs=3)
+    _, res3 = iit.train(b, cfg3, checkpoint=tmp_path / "ck")
+    assert [r["epoch"] for r in res3.history] == [1, 2, 3]
+
+
+def test_load_run_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        iit.load_run(tmp_path)
+    (tmp_path / "run.json").write_text("{bad")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        iit.load_run(tmp_path)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def test_hungarian_matches_brute_force():
+    rng = np.random.default_rng(0)
+    for shape in [(1, 1), (2, 3), (3, 3), (4, 6), (5, 3), (6, 6)]:
+        for _ in range(5):
+            s = rng.integers(0, 10, size=shape).astype(float)  # ties included
+            pairs = linear_assignment(s)
+            got = sum(s[r, c] for r, c in pairs)
+            n, m = shape
+            if n <= m:
+                best = max(
+                    sum(s[i, p[i]] for i in range(n)) for p in itertools.permutations(range(m), n)
+                )
+            else:
+                best = max(
+                    sum(s[p[j], j] for j in range(m)) for p in itertools.permutations(range(n), m)
+                )
+            assert got == pytest.approx(best)
+            assert len(pairs) == min(shape)
+            assert len({r for r, _ in pairs}) == len({c for _, c in pairs}) == min(shape)
+    assert linear_assignment(np.array([[1.0, 5.0]]), maximize=False) == [(0, 0)]
+
+
+def test_f1_and_auc_by_hand():
+    y = torch.tensor([[1, 0], [1, 0], [0, 1], [0, 0]], dtype=torch.bool)
+    a = torch.tensor([[1, 0], [0, 0], [1, 1], [0, 1]], dtype=torch.bool)
+    f1 = f1_matrix(y, a)
+    # value 0 vs unit 0: tp 1, fp 1, fn 1 -> 0.5; value 1 vs unit 1: tp 1, fp 1 -> 2/3
+    assert f1[0, 0] == pytest.approx(0.5) and f1[1, 1] == pytest.approx(2 / 3)
+    assert f1[0, 1] == pytest.approx(0.0) and f1[1, 0] == pytest.approx(2 / 3)
+    assert roc_auc([0.9, 0.8, 0.1, 0.8], [1, 1, 0, 0]) == pytest.approx((2 + 1 + 0.5) / 4)
+    assert roc_auc([1, 2], [1, 1]) != roc_auc([1, 2], [1, 1])  # nan
+
+
+def test_task_purity_by_hand():
+    active = torch.tensor([[1, 1], [1, 0], [0, 1], [0, 1]], dtype=torch.bool)
+    task = torch.tensor([0, 0, 1, 1])
+    p = task_purity(active, task, 2)
+    # unit 0 fires only on task 0 (purity 1); unit 1 half of task 0 rows, all task 1 rows:
+    # shares 0.5 / 1.5 and 1 / 1.5 -> purity 2/3
+    assert p["mean_purity"] == pytest.approx((1 + 2 / 3) / 2)
+    assert p["fraction_multi_task"] == pytest.approx(0.5)
+
+
+def test_scoring_and_circuit_discovery_run_on_tiny_model(tiny):
+    b, model, x = tiny
+    x2, _ = b.generate(16, np.random.default_rng(1))
+    r = score_mlp(model, b, 0, x, x2, n_latents=8, k=2, sae_steps=5)
+    assert set(r["methods"]) == {"sae", "neurons", "probe", "none", "whole_mlp"}
+    sae = r["methods"]["sae"]
+    assert 0 <= sae["hungarian_mean_f1"] <= sae["mean_best_f1"] + 1e-6
+    c = circuit_discovery(model, b, x)
+    assert len(c["components"]) == 10 and sum(c["in_circuit"]) == 4
+    assert not math.isnan(c["auc_atp"])
