@@ -2,28 +2,10 @@
 
 from __future__ import annotations
 
-from collections import deque
-
 import numpy as np
+from helpers import FAR, bfs
 
 from gridlens.world.grid_search import flood, shortest_path_cells
-
-FAR = 10_000
-
-
-def bfs(free: np.ndarray, start: tuple[int, int]) -> np.ndarray:
-    """4-connected distances inside `free` from `start`; FAR where unreachable."""
-    h, w = free.shape
-    d = np.full((h, w), FAR, dtype=np.int64)
-    d[start] = 0
-    todo = deque([start])
-    while todo:
-        i, j = todo.popleft()
-        for a, b in ((i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1)):
-            if 0 <= a < h and 0 <= b < w and free[a, b] and d[a, b] == FAR:
-                d[a, b] = d[i, j] + 1
-                todo.append((a, b))
-    return d
 
 
 def one_cell(cells: np.ndarray, h: int, w: int) -> np.ndarray:

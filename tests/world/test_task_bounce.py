@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import reference_grids
 
 from gridlens.errors import GridSizeError
 from gridlens.world import get_task
@@ -36,8 +37,7 @@ def _close(a: np.ndarray, b: np.ndarray, what: str, floor: float = 0.0) -> None:
 
 
 def test_walk_statistics_match_the_reference(reference_dir):
-    ref = np.load(reference_dir / "fleuret_reference_quizzes.npz")["bounce"].astype(np.int64)
-    ref = ref.reshape(-1, 4, 101)[:, :, 1:].reshape(-1, 4, 10, 10)  # drop the grid tokens
+    ref = reference_grids(reference_dir, "bounce")
     sample = TASK.generate(10000, np.random.default_rng(2))
     ours = _stats(sample.grids[:, 0::2], sample.grids[:, 1::2])
     theirs = _stats(ref[:, 0::2], ref[:, 1::2])

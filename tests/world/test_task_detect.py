@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import reference_grids
 
 from gridlens.errors import GridSizeError
 from gridlens.world import generate, get_task, shapes
@@ -14,8 +15,7 @@ TASK = get_task("detect")
 
 @pytest.fixture(scope="module")
 def reference(reference_dir):
-    quizzes = np.load(reference_dir / "fleuret_reference_quizzes.npz")["detect"]
-    return quizzes.astype(np.int64).reshape(-1, 4, 101)[:, :, 1:].reshape(-1, 4, 10, 10)
+    return reference_grids(reference_dir, "detect")
 
 
 @pytest.fixture(scope="module")

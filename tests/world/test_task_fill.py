@@ -10,6 +10,7 @@ from collections import deque
 
 import numpy as np
 import pytest
+from helpers import assert_works_at_size, reference_grids, z_score
 
 from gridlens.errors import GridSizeError
 from gridlens.world import generate
@@ -54,10 +55,6 @@ def labels_of(grids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         np.where(x == 0, 0, np.where(x == s, 2, 1)),
         np.where(fx == 0, 0, np.where(fx == s, 2, 1)),
     )
-
-
-def z_score(a: np.ndarray, b: np.ndarray) -> float:
-    return (a.mean() - b.mean()) / np.sqrt(a.var() / len(a) + b.var() / len(b))
 
 
 def components(free: np.ndarray) -> list[np.ndarray]:
@@ -135,8 +132,7 @@ def test_seed_is_uniform_among_background_cells(ours_grids):
 
 
 def test_distribution_matches_reference(reference_dir, ours):
-    ref = np.load(reference_dir / "fleuret_reference_quizzes.npz")["fill"].astype(np.int64)
-    theirs = pair_stats(*labels_of(ref.reshape(-1, 4, 101)[:, :, 1:].reshape(-1, 4, 10, 10)))
+    theirs = pair_stats(*labels_of(reference_grids(reference_dir, "fill")))
     for key in theirs:
         z = z_score(ours[key], theirs[key])
         assert abs(z) < 4, f"{key}: {ours[key].mean():.3f} vs reference {theirs[key].mean():.3f}"
@@ -186,16 +182,7 @@ def test_grid_that_always_tiles_raises_instead_of_hanging():
 
 @pytest.mark.parametrize("size", [(6, 6), (8, 8), (12, 12), (7, 13), (14, 9)])
 def test_other_grid_sizes(size):
-    h, w = size
-    batch = generate("fill", 200, seed=2, height=h, width=w)
-    assert batch.grids.shape == (200, 4, h, w)
-    assert TASK.check(batch.grids).all()
-    assert np.array_equal(batch.objects >= 0, batch.grids != 0)
-    rng = np.random.default_rng(1)
-    sample = TASK.generate(200, rng, h, w)
-    bad = sample.grids.copy()
-    bad[:, 3] = TASK.other_parameters(sample, rng)
-    assert not TASK.check(bad).any()
+    assert_works_at_size(TASK, "fill", *size)
 
 
 def test_params_describe_the_grids():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import chi2_stat, chi2_threshold, recolour, reference_grids
 
 from gridlens.errors import GridSizeError
 from gridlens.world import generate, shapes
@@ -16,8 +17,7 @@ N = 20000
 
 @pytest.fixture(scope="module")
 def ref_grids(reference_dir):
-    tokens = np.load(reference_dir / "fleuret_reference_quizzes.npz")["frame"]
-    return tokens.reshape(len(tokens), 4, 101)[:, :, 1:].reshape(-1, 4, 10, 10).astype(np.int64)
+    return reference_grids(reference_dir, "frame")
 
 
 @pytest.fixture(scope="module")
@@ -50,21 +50,12 @@ def _framed(grids):
     return np.stack(colour, 1), np.stack(box, 1), np.stack(static, 1)
 
 
-def _chi2(observed, expected):
-    keep = expected >= 5
-    return (((observed - expected) ** 2)[keep] / expected[keep]).sum(), keep.sum() - 1
-
-
-def _threshold(df):
-    return df + 5 * np.sqrt(2 * df)  # far in the tail (p < 1e-4); fixed seeds make it stable
-
-
 def test_colours_are_uniform_and_the_framed_one_is_shared(ours, our_framed, ref_grids):
     colours = ours.params["colors"]
     assert (np.sort(colours, 1)[:, 1:] != np.sort(colours, 1)[:, :-1]).all()
     for k in range(3):
-        chi2, df = _chi2(np.bincount(colours[:, k], minlength=11)[1:], np.full(10, N / 10))
-        assert chi2 < _threshold(df), k
+        chi2, df = chi2_stat(np.bincount(colours[:, k], minlength=11)[1:], np.full(10, N / 10))
+        assert chi2 < chi2_threshold(df), k
     colour, box, _ = our_framed
     assert (colour == colours[:, 2:]).all()
     assert np.array_equal(
@@ -72,8 +63,8 @@ def test_colours_are_uniform_and_the_framed_one_is_shared(ours, our_framed, ref_
     )
     ref_colour, _, _ = _framed(ref_grids)
     assert (ref_colour[:, 0] == ref_colour[:, 1]).all()
-    chi2, df = _chi2(np.bincount(ref_colour[:, 0], minlength=11)[1:], np.full(10, 20.0))
-    assert chi2 < _threshold(df)
+    chi2, df = chi2_stat(np.bincount(ref_colour[:, 0], minlength=11)[1:], np.full(10, 20.0))
+    assert chi2 < chi2_threshold(df)
 
 
 def test_rectangles_follow_the_originals_distribution(ours, our_framed, ref_grids):
@@ -87,8 +78,8 @@ def test_rectangles_follow_the_originals_distribution(ours, our_framed, ref_grid
     ours_rects = np.stack([ours.params["rects_A"], ours.params["rects_B"]], 1)
     for slot in range(3):
         seen = np.bincount(index[tuple(ours_rects[:, :, slot].reshape(-1, 4).T)], minlength=len(p))
-        chi2, df = _chi2(seen, p * 2 * N)
-        assert df > 500 and chi2 < _threshold(df), slot
+        chi2, df = chi2_stat(seen, p * 2 * N)
+        assert df > 500 and chi2 < chi2_threshold(df), slot
     area = (rects[:, 2] - rects[:, 0]) * (rects[:, 3] - rects[:, 1])
     mean, var = (p * area).sum(), (p * area**2).sum() - (p * area).sum() ** 2
     _, box, static = _framed(ref_grids)
@@ -112,23 +103,16 @@ def test_frame_is_the_one_cell_border(ours, our_framed):
         assert (fxg[~inside] == xg[~inside]).all()
 
 
-def _recolour(grids, old, new):
-    lut = np.tile(np.arange(11), (len(grids), 1))
-    np.put_along_axis(lut, old, new, axis=1)
-    n = len(grids)
-    return np.take_along_axis(lut, grids.reshape(n, -1), axis=1).reshape(grids.shape)
-
-
 def test_checker_requires_the_same_framed_colour():
     rng = np.random.default_rng(5)
     a, b = TASK.generate(300, rng), TASK.generate(300, rng)
     ca, cb = a.params["colors"], b.params["colors"]
     mixed = a.grids.copy()
-    mixed[:, 2:] = _recolour(b.grids[:, 2:], cb, ca)  # B's rectangle k takes A's colour k
+    mixed[:, 2:] = recolour(b.grids[:, 2:], cb, ca)  # B's rectangle k takes A's colour k
     assert TASK.check(mixed).all()
-    mixed[:, 2:] = _recolour(b.grids[:, 2:], cb, ca[:, [2, 1, 0]])  # another colour is framed
+    mixed[:, 2:] = recolour(b.grids[:, 2:], cb, ca[:, [2, 1, 0]])  # another colour is framed
     assert not TASK.check(mixed).any()
-    mixed[:, 2:] = _recolour(b.grids[:, 2:], cb, ca[:, [1, 0, 2]])  # statics exchange colours
+    mixed[:, 2:] = recolour(b.grids[:, 2:], cb, ca[:, [1, 0, 2]])  # statics exchange colours
     assert TASK.check(mixed).all()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import chi2_stat, chi2_threshold, recolour, reference_grids
 
 from gridlens.errors import GridSizeError
 from gridlens.world import generate, shapes
@@ -16,8 +17,7 @@ N = 20000
 
 @pytest.fixture(scope="module")
 def ref_grids(reference_dir):
-    tokens = np.load(reference_dir / "fleuret_reference_quizzes.npz")["grow"]
-    return tokens.reshape(len(tokens), 4, 101)[:, :, 1:].reshape(-1, 4, 10, 10).astype(np.int64)
+    return reference_grids(reference_dir, "grow")
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +45,6 @@ def _resized(grids):
         others = np.argsort(~(present[:, x] & ~changed), axis=1, kind="stable")[:, :2]
         static.append(boxes[np.arange(n)[:, None], x, others])
     return np.stack(colour, 1), np.stack(full, 1), np.stack(grows, 1), np.stack(static, 1)
-
-
-def _chi2(observed, expected):
-    keep = expected >= 5
-    return (((observed - expected) ** 2)[keep] / expected[keep]).sum(), keep.sum() - 1
-
-
-def _threshold(df):
-    return df + 5 * np.sqrt(2 * df)  # far in the tail (p < 1e-4); fixed seeds make it stable
 
 
 def _marginals(h, w):
@@ -95,8 +86,8 @@ def test_rectangles_follow_the_originals_distribution(ours, ref_grids):
     ours_rects = np.stack([ours.params["rects_A"], ours.params["rects_B"]], 1)
     for slot, p in ((2, last), (0, first), (1, first)):
         seen = np.bincount(_index(rects, ours_rects[:, :, slot]), minlength=len(rects))
-        chi2, df = _chi2(seen, p * 2 * N)
-        assert df > 200 and chi2 < _threshold(df), slot
+        chi2, df = chi2_stat(seen, p * 2 * N)
+        assert df > 200 and chi2 < chi2_threshold(df), slot
     # The reference: mean areas of the resized and the static rectangles.
     _, ref_full, _, ref_static = _resized(ref_grids)
     for boxes, p in ((ref_full, last), (ref_static, first)):
@@ -115,24 +106,17 @@ def test_rectangles_follow_the_originals_distribution(ours, ref_grids):
     )
 
 
-def _recolour(grids, old, new):
-    lut = np.tile(np.arange(11), (len(grids), 1))
-    np.put_along_axis(lut, old, new, axis=1)
-    n = len(grids)
-    return np.take_along_axis(lut, grids.reshape(n, -1), axis=1).reshape(grids.shape)
-
-
 def test_checker_requires_the_same_direction_and_resized_colour():
     rng = np.random.default_rng(5)
     a, b = TASK.generate(300, rng), TASK.generate(300, rng)
     ca, cb = a.params["colors"], b.params["colors"]
     mixed = a.grids.copy()
-    mixed[:, 2:] = _recolour(b.grids[:, 2:], cb, ca)  # B's rectangle k takes A's colour k
+    mixed[:, 2:] = recolour(b.grids[:, 2:], cb, ca)  # B's rectangle k takes A's colour k
     same = a.params["direction"] == b.params["direction"]
     assert same.any() and (~same).any()
     assert np.array_equal(TASK.check(mixed), same)
     swapped = a.grids.copy()
-    swapped[:, 2:] = _recolour(a.grids[:, 2:], ca, ca[:, [2, 1, 0]])  # another colour resizes
+    swapped[:, 2:] = recolour(a.grids[:, 2:], ca, ca[:, [2, 1, 0]])  # another colour resizes
     assert not TASK.check(swapped).any()
     inverted = a.grids[:, [1, 0, 3, 2]]  # grow <-> shrink is itself a valid quiz
     assert TASK.check(inverted).all()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import chi2_stat, chi2_threshold, recolour, reference_grids
 
 from gridlens.errors import GridSizeError
 from gridlens.world import generate, shapes
@@ -50,8 +51,7 @@ def _parse_pair(x, fx):
 
 @pytest.fixture(scope="module")
 def ref_quizzes(reference_dir):
-    tokens = np.load(reference_dir / "fleuret_reference_quizzes.npz")["half_fill"]
-    grids = tokens.reshape(len(tokens), 4, 101)[:, :, 1:].reshape(-1, 4, 10, 10).astype(np.int64)
+    grids = reference_grids(reference_dir, "half_fill")
     return [(_parse_pair(q[0], q[1]), _parse_pair(q[2], q[3])) for q in grids]
 
 
@@ -60,18 +60,9 @@ def ours():
     return TASK.generate(N, np.random.default_rng(0))
 
 
-def _chi2(observed, expected):
-    keep = expected >= 5
-    return (((observed - expected) ** 2)[keep] / expected[keep]).sum(), keep.sum() - 1
-
-
-def _threshold(df):
-    return df + 5 * np.sqrt(2 * df)  # far in the tail (p < 1e-4); fixed seeds make it stable
-
-
 def test_direction_is_uniform_and_shared(ours, ref_quizzes):
-    chi2, df = _chi2(np.bincount(ours.params["direction"], minlength=4), np.full(4, N / 4))
-    assert chi2 < _threshold(df)
+    chi2, df = chi2_stat(np.bincount(ours.params["direction"], minlength=4), np.full(4, N / 4))
+    assert chi2 < chi2_threshold(df)
     sides = []
     for (rects_a, last_a, side_a), (rects_b, last_b, side_b) in ref_quizzes:
         assert side_a == side_b and len(rects_a) == len(rects_b) == 3
@@ -79,8 +70,8 @@ def test_direction_is_uniform_and_shared(ours, ref_quizzes):
         assert sorted(r[:2] for r in rects_a) == sorted(r[:2] for r in rects_b)
         assert rects_a[last_a][:2] == rects_b[last_b][:2]
         sides.append(side_a)
-    chi2, df = _chi2(np.bincount(sides, minlength=4), np.full(4, len(sides) / 4))
-    assert chi2 < _threshold(df)
+    chi2, df = chi2_stat(np.bincount(sides, minlength=4), np.full(4, len(sides) / 4))
+    assert chi2 < chi2_threshold(df)
     # Ours parse back to their parameters.
     for q in range(20):
         for pair, (x, fx) in enumerate(((0, 1), (2, 3))):
@@ -120,8 +111,8 @@ def test_rectangles_follow_the_originals_distribution(ours, ref_quizzes):
         seen = np.bincount(
             index[tuple(ours_rects[:, :, slot].reshape(-1, 4).T)], minlength=len(rects)
         )
-        chi2, df = _chi2(seen, p * 2 * N)
-        assert df > 500 and chi2 < _threshold(df), slot
+        chi2, df = chi2_stat(seen, p * 2 * N)
+        assert df > 500 and chi2 < chi2_threshold(df), slot
     area = (rects[:, 2] - rects[:, 0]) * (rects[:, 3] - rects[:, 1])
     ref_area = np.array(
         [(r[2][2] - r[2][0]) * (r[2][3] - r[2][1]) for q in ref_quizzes for pr in q for r in pr[0]]
@@ -130,25 +121,18 @@ def test_rectangles_follow_the_originals_distribution(ours, ref_quizzes):
     assert abs(ref_area.mean() - mean) < 4 * np.sqrt(var / len(ref_area))
 
 
-def _recolour(grids, old, new):
-    lut = np.tile(np.arange(11), (len(grids), 1))
-    np.put_along_axis(lut, old, new, axis=1)
-    n = len(grids)
-    return np.take_along_axis(lut, grids.reshape(n, -1), axis=1).reshape(grids.shape)
-
-
 def test_checker_requires_shared_direction_and_colour_roles():
     rng = np.random.default_rng(5)
     a, b = TASK.generate(300, rng), TASK.generate(300, rng)
     ca, cb = a.params["colors"], b.params["colors"]
     mixed = a.grids.copy()
-    mixed[:, 2:] = _recolour(b.grids[:, 2:], cb, ca)  # B's colour k takes A's colour k
+    mixed[:, 2:] = recolour(b.grids[:, 2:], cb, ca)  # B's colour k takes A's colour k
     same = a.params["direction"] == b.params["direction"]
     assert same.any() and (~same).any()
     assert np.array_equal(TASK.check(mixed), same)
     for perm in ([1, 0, 2, 3, 4, 5], [0, 1, 2, 3, 5, 4], [0, 1, 4, 5, 2, 3], [2, 3, 0, 1, 4, 5]):
         swapped = a.grids.copy()
-        swapped[:, 2:] = _recolour(a.grids[:, 2:], ca, ca[:, perm])
+        swapped[:, 2:] = recolour(a.grids[:, 2:], ca, ca[:, perm])
         ok = TASK.check(swapped)
         # Exchanging the two static rectangles' colour pairs keeps every role; nothing else does.
         assert ok.all() if perm == [2, 3, 0, 1, 4, 5] else not ok.any(), perm

@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import reference_grids
 
 from gridlens.errors import GridSizeError
 from gridlens.world import get_task
 
 TASK = get_task("isometry")
-
-
-def _grids(tokens: np.ndarray) -> np.ndarray:
-    return tokens.astype(np.int64).reshape(-1, 4, 101)[:, :, 1:].reshape(-1, 4, 10, 10)
 
 
 def test_transform_frequencies():
@@ -121,7 +118,7 @@ def test_drawings_follow_from_the_rules(size):
 
 
 def test_drawings_match_the_reference(reference_dir):
-    ref = _grids(np.load(reference_dir / "fleuret_reference_quizzes.npz")["isometry"])
+    ref = reference_grids(reference_dir, "isometry")
     sample = TASK.generate(5000, np.random.default_rng(3))
     ours = _drawing_stats(sample.grids[:, 0::2].reshape(-1, 10, 10))
     theirs = _drawing_stats(ref[:, 0::2].reshape(-1, 10, 10))

@@ -8,10 +8,9 @@ the endpoints are checked analytically instead."""
 
 from __future__ import annotations
 
-from collections import deque
-
 import numpy as np
 import pytest
+from helpers import FAR, assert_works_at_size, bfs, reference_grids, z_score
 
 from gridlens.errors import GridSizeError
 from gridlens.world import generate
@@ -19,22 +18,6 @@ from gridlens.world.tasks import get_task
 from gridlens.world.tasks.path import _sample_pairs
 
 TASK = get_task("path")
-FAR = 10_000
-
-
-def bfs(free: np.ndarray, start: tuple[int, int]) -> np.ndarray:
-    """4-connected distances inside `free` from `start`; FAR where unreachable."""
-    h, w = free.shape
-    d = np.full((h, w), FAR, dtype=np.int64)
-    d[start] = 0
-    todo = deque([start])
-    while todo:
-        i, j = todo.popleft()
-        for a, b in ((i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1)):
-            if 0 <= a < h and 0 <= b < w and free[a, b] and d[a, b] == FAR:
-                d[a, b] = d[i, j] + 1
-                todo.append((a, b))
-    return d
 
 
 def all_pairs_distances(free: np.ndarray) -> np.ndarray:
@@ -99,11 +82,6 @@ def obstacle_stats(grids: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def z_score(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Two-sample z of the means along axis 0."""
-    return (a.mean(0) - b.mean(0)) / np.sqrt(a.var(0) / len(a) + b.var(0) / len(b))
-
-
 @pytest.fixture(scope="module")
 def ours():
     return TASK.generate(4000, np.random.default_rng(11)).grids
@@ -157,8 +135,7 @@ def test_endpoints_follow_their_law_given_the_obstacles(ours):
 
 
 def test_obstacles_match_reference(reference_dir, ours):
-    ref = np.load(reference_dir / "fleuret_reference_quizzes.npz")["path"].astype(np.int64)
-    grids = ref.reshape(-1, 4, 101)[:, :, 1:].reshape(-1, 4, 10, 10)
+    grids = reference_grids(reference_dir, "path")
     theirs, mine = obstacle_stats(grids), obstacle_stats(ours)
     for key in theirs:
         z = z_score(mine[key], theirs[key])
@@ -181,16 +158,7 @@ def test_params_describe_the_grids():
 
 @pytest.mark.parametrize("size", [(6, 6), (8, 8), (12, 12), (7, 13), (14, 9)])
 def test_other_grid_sizes(size):
-    h, w = size
-    batch = generate("path", 200, seed=2, height=h, width=w)
-    assert batch.grids.shape == (200, 4, h, w)
-    assert TASK.check(batch.grids).all()
-    assert np.array_equal(batch.objects >= 0, batch.grids != 0)
-    rng = np.random.default_rng(1)
-    sample = TASK.generate(200, rng, h, w)
-    bad = sample.grids.copy()
-    bad[:, 3] = TASK.other_parameters(sample, rng)
-    assert not TASK.check(bad).any()
+    assert_works_at_size(TASK, "path", *size)
 
 
 @pytest.mark.parametrize("size", [(5, 10), (10, 5), (3, 3)])

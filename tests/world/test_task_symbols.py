@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import assert_works_at_size, reference_grids
 
 from gridlens.errors import GridSizeError
 from gridlens.world import generate
@@ -111,8 +112,7 @@ def test_distribution_matches_exact_original(exact10):
 
 
 def test_distribution_matches_reference(reference_dir, exact10):
-    ref = np.load(reference_dir / "fleuret_reference_quizzes.npz")["symbols"].astype(np.int64)
-    stats = grid_stats(ref.reshape(-1, 4, 101)[:, :, 1:].reshape(-1, 4, 10, 10))
+    stats = grid_stats(reference_grids(reference_dir, "symbols"))
     assert_matches(stats, exact10, "reference")
 
 
@@ -140,16 +140,7 @@ def test_pointer_aims_at_the_target():
 
 @pytest.mark.parametrize("size", [(8, 8), (12, 12), (8, 13), (15, 9)])
 def test_other_grid_sizes(size):
-    h, w = size
-    batch = generate("symbols", 200, seed=2, height=h, width=w)
-    assert batch.grids.shape == (200, 4, h, w)
-    assert TASK.check(batch.grids).all()
-    assert np.array_equal(batch.objects >= 0, batch.grids != 0)
-    rng = np.random.default_rng(1)
-    sample = TASK.generate(200, rng, h, w)
-    bad = sample.grids.copy()
-    bad[:, 3] = TASK.other_parameters(sample, rng)
-    assert not TASK.check(bad).any()
+    assert_works_at_size(TASK, "symbols", *size)
 
 
 @pytest.mark.parametrize("size", [(7, 10), (10, 7), (3, 3)])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import chi2_stat, chi2_threshold, recolour, reference_grids
 
 from gridlens.errors import GridSizeError
 from gridlens.world import generate, shapes
@@ -16,8 +17,7 @@ N = 20000
 
 @pytest.fixture(scope="module")
 def ref_grids(reference_dir):
-    tokens = np.load(reference_dir / "fleuret_reference_quizzes.npz")["translate"]
-    return tokens.reshape(len(tokens), 4, 101)[:, :, 1:].reshape(-1, 4, 10, 10).astype(np.int64)
+    return reference_grids(reference_dir, "translate")
 
 
 @pytest.fixture(scope="module")
@@ -63,15 +63,6 @@ def _direction_index(step):
     return k - (k > 4)
 
 
-def _chi2(observed, expected):
-    keep = expected >= 5
-    return (((observed - expected) ** 2)[keep] / expected[keep]).sum(), keep.sum() - 1
-
-
-def _threshold(df):
-    return df + 5 * np.sqrt(2 * df)  # far in the tail (p < 1e-4); fixed seeds make it stable
-
-
 def _completions(h, w):
     """[R] for each table rectangle c, how many ordered disjoint pairs (a, b) are disjoint from
     c: the original's three-rectangle draw picks its last rectangle with probability
@@ -82,8 +73,8 @@ def _completions(h, w):
 
 def test_direction_is_uniform_over_eight_and_shared(ours, our_moves, ref_moves):
     direction = ours.params["direction"]
-    chi2, df = _chi2(np.bincount(direction, minlength=8), np.full(8, N / 8))
-    assert df == 7 and chi2 < _threshold(df)
+    chi2, df = chi2_stat(np.bincount(direction, minlength=8), np.full(8, N / 8))
+    assert df == 7 and chi2 < chi2_threshold(df)
     assert np.array_equal(DIRECTIONS[direction], ours.params["shift"])
     parsed = _moves(ours.grids[:2000])
     for got, expected in zip(parsed, our_moves, strict=True):
@@ -92,8 +83,8 @@ def test_direction_is_uniform_over_eight_and_shared(ours, our_moves, ref_moves):
     _, _, ref_step = ref_moves
     assert (ref_step[:, 0] == ref_step[:, 1]).all()
     ref_dir = _direction_index(ref_step[:, 0])
-    chi2, df = _chi2(np.bincount(ref_dir, minlength=8), np.full(8, len(ref_dir) / 8))
-    assert chi2 < _threshold(df)
+    chi2, df = chi2_stat(np.bincount(ref_dir, minlength=8), np.full(8, len(ref_dir) / 8))
+    assert chi2 < chi2_threshold(df)
 
 
 def test_moved_rectangle_follows_the_originals_distribution(ours, ref_moves):
@@ -110,8 +101,9 @@ def test_moved_rectangle_follows_the_originals_distribution(ours, ref_moves):
     direction = np.repeat(ours.params["direction"], 2)
     index = np.full((11, 11, 11, 11), -1)
     index[tuple(rects.T)] = np.arange(len(rects))
-    chi2, df = _chi2(np.bincount(index[tuple(box.T)], minlength=len(rects)), p[direction].sum(0))
-    assert df > 500 and chi2 < _threshold(df)
+    seen = np.bincount(index[tuple(box.T)], minlength=len(rects))
+    chi2, df = chi2_stat(seen, p[direction].sum(0))
+    assert df > 500 and chi2 < chi2_threshold(df)
     # The reference: mean area of the moved rectangle against the exact expectation.
     _, ref_box, ref_step = ref_moves
     ref_area = ((ref_box[..., 2] - ref_box[..., 0]) * (ref_box[..., 3] - ref_box[..., 1])).ravel()
@@ -153,25 +145,17 @@ def test_moved_rectangle_is_drawn_on_top(ours, our_moves, ref_grids, ref_moves):
     assert abs(ref_rate - our_rate) < 4 * np.sqrt(our_rate * (1 - our_rate) / n_ref)
 
 
-def _recolour(grids, old, new):
-    """Map colours old[n, k] -> new[n, k] in grids [n, ...]."""
-    lut = np.tile(np.arange(11), (len(grids), 1))
-    np.put_along_axis(lut, old, new, axis=1)
-    n = len(grids)
-    return np.take_along_axis(lut, grids.reshape(n, -1), axis=1).reshape(grids.shape)
-
-
 def test_checker_requires_the_same_direction_and_moved_colour():
     rng = np.random.default_rng(5)
     a, b = TASK.generate(300, rng), TASK.generate(300, rng)
     ca, cb = a.params["colors"], b.params["colors"]
     mixed = a.grids.copy()
-    mixed[:, 2:] = _recolour(b.grids[:, 2:], cb, ca)  # B's rectangle k takes A's colour k
+    mixed[:, 2:] = recolour(b.grids[:, 2:], cb, ca)  # B's rectangle k takes A's colour k
     same = a.params["direction"] == b.params["direction"]
     assert same.any() and (~same).any()
     assert np.array_equal(TASK.check(mixed), same)
     swapped = a.grids.copy()
-    swapped[:, 2:] = _recolour(a.grids[:, 2:], ca, ca[:, [2, 1, 0]])  # another colour moves
+    swapped[:, 2:] = recolour(a.grids[:, 2:], ca, ca[:, [2, 1, 0]])  # another colour moves
     assert not TASK.check(swapped).any()
 
 

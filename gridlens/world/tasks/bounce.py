@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from gridlens.world import shapes
-from gridlens.world.tasks.base import Task, TaskSample
+from gridlens.world.tasks.base import Task, TaskSample, recolour_unused
 
 DIRECTIONS = np.array([[-1, 0], [1, 0], [0, -1], [0, 1]], dtype=np.int64)
 
@@ -221,14 +221,7 @@ class Bounce(Task):
 
     def other_parameters(self, sample, rng):
         # Draw B's path in a colour unused by the quiz instead of the shared path colour.
-        colours = sample.params["colors"]
-        n = len(colours)
-        unused = np.ones((n, 11), dtype=bool)
-        unused[:, 0] = False
-        unused[np.arange(n)[:, None], colours] = False
-        pick = np.argmax(rng.random((n, 11)) * unused, axis=1)
-        fb = sample.grids[:, 3]
-        return np.where(fb == colours[:, 2:3, None], pick[:, None, None], fb)
+        return recolour_unused(sample, rng, 3, 2)
 
 
 TASK = Bounce()

@@ -172,10 +172,7 @@ class Contact(Task):
     min_height = 3
     min_width = 3
     description = "rectangles touching the anchor rectangle along an edge get its colour as border"
-
-    def validate_size(self, height: int, width: int) -> None:
-        super().validate_size(height, width)
-        shapes.check_room(self.name, height, width, N_RECT)
+    room_for = N_RECT
 
     def generate(self, n, rng, height=10, width=10):
         self.validate_size(height, width)

@@ -70,10 +70,7 @@ class Corners(Task):
     min_height = 3
     min_width = 3
     description = "rectangles drawn as two opposite L corners are filled"
-
-    def validate_size(self, height: int, width: int) -> None:
-        super().validate_size(height, width)
-        shapes.check_room(self.name, height, width, N_RECT)
+    room_for = N_RECT
 
     def generate(self, n, rng, height=10, width=10):
         self.validate_size(height, width)

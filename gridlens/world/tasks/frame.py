@@ -14,7 +14,7 @@ from functools import cache
 import numpy as np
 
 from gridlens.world import shapes
-from gridlens.world.tasks.base import Task, TaskSample
+from gridlens.world.tasks.base import RECTANGLE_LABELS, Task, labelled_sample
 
 N_RECT = 3
 
@@ -50,15 +50,8 @@ class Frame(Task):
         labels = np.empty((n, 4, height * width), dtype=np.uint8)
         labels[:, 0::2] = static + labelled[2][idx[:, :, 2]]
         labels[:, 1::2] = static + frames[idx[:, :, 2]]
-        grids = shapes.colour_labels(labels, colours).reshape(n, 4, height, width)
-        objects = (labels.astype(np.int8) - 1).reshape(n, 4, height, width)
-        roles = np.array([0, 1, 1, 2], dtype=np.int8)[labels].reshape(n, 4, height, width)
-        params = {
-            "colors": colours,
-            "rects_A": table.rects[idx[:, 0]],
-            "rects_B": table.rects[idx[:, 1]],
-        }
-        return TaskSample(grids=grids, params=params, objects=objects, roles=roles)
+        labels = labels.reshape(n, 4, height, width)
+        return labelled_sample(labels, colours, RECTANGLE_LABELS, table.rects[idx])
 
     def check(self, grids):
         grids = np.asarray(grids)

@@ -16,7 +16,7 @@ from functools import cache
 import numpy as np
 
 from gridlens.world import shapes
-from gridlens.world.tasks.base import Task, TaskSample
+from gridlens.world.tasks.base import RECTANGLE_LABELS, Task, labelled_sample
 
 N_RECT = 3
 MIN_RESIZED = 4
@@ -58,16 +58,10 @@ class Grow(Task):
         labels = np.empty((n, 4, height * width), dtype=np.uint8)
         labels[:, 0::2] = static + resized[idx[:, :, 2] + inner_in_x]
         labels[:, 1::2] = static + resized[idx[:, :, 2] + len(table.rects) - inner_in_x]
-        grids = shapes.colour_labels(labels, colours).reshape(n, 4, height, width)
-        objects = (labels.astype(np.int8) - 1).reshape(n, 4, height, width)
-        roles = np.array([0, 1, 1, 2], dtype=np.int8)[labels].reshape(n, 4, height, width)
-        params = {
-            "colors": colours,
-            "direction": direction,
-            "rects_A": table.rects[idx[:, 0]],
-            "rects_B": table.rects[idx[:, 1]],
-        }
-        return TaskSample(grids=grids, params=params, objects=objects, roles=roles)
+        labels = labels.reshape(n, 4, height, width)
+        return labelled_sample(
+            labels, colours, RECTANGLE_LABELS, table.rects[idx], direction=direction
+        )
 
     def check(self, grids):
         grids = np.asarray(grids)

@@ -17,7 +17,7 @@ from functools import cache
 import numpy as np
 
 from gridlens.world import shapes
-from gridlens.world.tasks.base import Task, TaskSample
+from gridlens.world.tasks.base import Task, labelled_sample
 
 N_RECT = 3
 N_DIRECTIONS = 4
@@ -98,16 +98,10 @@ class HalfFill(Task):
         labels = np.empty((n, 4, height * width), dtype=np.uint8)
         labels[:, 0::2] = static + crossed[2, d, idx[:, :, 2]]
         labels[:, 1::2] = static + filled[d, idx[:, :, 2]]
-        grids = shapes.colour_labels(labels, colours).reshape(n, 4, height, width)
-        objects = OBJECT_OF_LABEL[labels].reshape(n, 4, height, width)
-        roles = ROLE_OF_LABEL[labels].reshape(n, 4, height, width)
-        params = {
-            "colors": colours,
-            "direction": direction,
-            "rects_A": table.rects[idx[:, 0]],
-            "rects_B": table.rects[idx[:, 1]],
-        }
-        return TaskSample(grids=grids, params=params, objects=objects, roles=roles)
+        labels = labels.reshape(n, 4, height, width)
+        return labelled_sample(
+            labels, colours, (ROLE_OF_LABEL, OBJECT_OF_LABEL), table.rects[idx], direction=direction
+        )
 
     def check(self, grids):
         grids = np.asarray(grids)

@@ -21,7 +21,7 @@ import numpy as np
 
 from gridlens.world import shapes
 from gridlens.world.grid_search import shortest_path_cells
-from gridlens.world.tasks.base import Task, TaskSample
+from gridlens.world.tasks.base import Task, TaskSample, recolour_unused
 
 N_RECT = 2
 
@@ -149,14 +149,7 @@ class Path(Task):
 
     def other_parameters(self, sample, rng):
         # The same paths drawn in a colour the quiz does not use.
-        colours = sample.params["colors"]
-        n = len(colours)
-        unused = np.ones((n, 11), dtype=bool)
-        unused[:, 0] = False
-        unused[np.arange(n)[:, None], colours] = False
-        pick = np.argmax(rng.random((n, 11)) * unused, axis=1)
-        fb = sample.grids[:, 3]
-        return np.where(fb == colours[:, 3, None, None], pick[:, None, None], fb)
+        return recolour_unused(sample, rng, 3, 3)
 
 
 TASK = Path()

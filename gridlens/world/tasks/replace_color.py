@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from gridlens.world import shapes
-from gridlens.world.tasks.base import Task, TaskSample
+from gridlens.world.tasks.base import Task, TaskSample, recolour_unused
 
 N_RECT = 3
 
@@ -62,14 +62,7 @@ class ReplaceColor(Task):
 
     def other_parameters(self, sample, rng):
         # Recolour B's source rectangle with a colour unused by the quiz instead.
-        colours = sample.params["colors"]
-        n = len(colours)
-        unused = np.ones((n, 11), dtype=bool)
-        unused[:, 0] = False
-        unused[np.arange(n)[:, None], colours] = False
-        pick = np.argmax(rng.random((n, 11)) * unused, axis=1)
-        b = sample.grids[:, 2]
-        return np.where(b == colours[:, :1, None], pick[:, None, None], b)
+        return recolour_unused(sample, rng, 2, 0)
 
 
 TASK = ReplaceColor()

@@ -16,7 +16,7 @@ from functools import cache
 import numpy as np
 
 from gridlens.world import shapes
-from gridlens.world.tasks.base import Task, TaskSample
+from gridlens.world.tasks.base import Task, TaskSample, recolour_unused
 
 MAX_STEP = 3
 
@@ -120,14 +120,7 @@ class Trajectory(Task):
 
     def other_parameters(self, sample, rng):
         # Draw B's ray in a colour unused by the quiz instead of the shared ray colour.
-        colours = sample.params["colors"]
-        n = len(colours)
-        unused = np.ones((n, 11), dtype=bool)
-        unused[:, 0] = False
-        unused[np.arange(n)[:, None], colours] = False
-        pick = np.argmax(rng.random((n, 11)) * unused, axis=1)
-        fb = sample.grids[:, 3]
-        return np.where(fb == colours[:, 1:2, None], pick[:, None, None], fb)
+        return recolour_unused(sample, rng, 3, 1)
 
 
 TASK = Trajectory()
