@@ -8,6 +8,7 @@ done = model.complete(tokens, temperature=0.0, seed=0)   # regenerate the last g
 """
 
 from gridlens.models.checkpoints import (
+    DEFAULT_MODEL_DIR,
     convert_state_dict,
     detect_layout,
     from_state_dict,
@@ -23,6 +24,7 @@ from gridlens.models.hooks import BLOCK_SITES, ActivationCache, HookPoint, hook_
 
 __all__ = [
     "BLOCK_SITES",
+    "DEFAULT_MODEL_DIR",
     "PRESETS",
     "ActivationCache",
     "GridGPT",

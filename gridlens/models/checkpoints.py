@@ -409,14 +409,32 @@ def _hub(identifier: str):
     return load(local)
 
 
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "data" / "default_model"
+"""The model shipped inside the package (see README: the shipped default model)."""
+
+
+def resolve_default(path: str | os.PathLike) -> str | os.PathLike:
+    """`path` itself, or the shipped model's directory for "default" (a clear error if the
+    package was installed without it)."""
+    if str(path) != "default":
+        return path
+    if not (DEFAULT_MODEL_DIR / WEIGHTS_FILE).is_file():
+        raise CheckpointError(
+            f"{DEFAULT_MODEL_DIR}: the default model is not installed (train one with "
+            "`gridlens train --preset cpu --out runs/cpu` and copy runs/cpu/model there)"
+        )
+    return DEFAULT_MODEL_DIR
+
+
 def load(path: str | os.PathLike, n_ctx: int | None = None, device: Any = None, dtype: Any = None):
-    """A GridGPT (in eval mode) from a supported file or directory (see the module docstring).
+    """A GridGPT (in eval mode) from a supported file or directory (see the module docstring);
+    "default" is the model shipped with the package.
 
     n_ctx: context length for pickled checkpoints (they do not record one; default 404).
     """
     from gridlens.models.gpt import GridGPT
 
-    p = Path(path)
+    p = Path(resolve_default(path))
     if not p.exists():
         looks_local = p.suffix in (".pth", ".pt", ".safetensors", ".json") or str(path).startswith(
             (".", "/", "~")

@@ -8,9 +8,8 @@ from typing import Any
 
 import click
 
-from gridlens.errors import CheckpointError, ConfigError
+from gridlens.errors import ConfigError
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "data" / "default_model"
 TRAINING_FILE = "training.json"  # the training config, beside a model's config.json
 
 _MODEL_FIELDS = ("d_model", "n_layers", "n_heads", "d_head", "d_mlp")
@@ -171,16 +170,12 @@ def resolve_model(spec: str, device: str = "cpu"):
     """(model, training config dict or None, path) for `default`, a run directory, a model
     directory/file in any format gridlens.models.load reads, or a training checkpoint (.pt)."""
     from gridlens.models import GridGPT, load
+    from gridlens.models.checkpoints import resolve_default
     from gridlens.training.checkpoint import FORMAT, load_checkpoint
     from gridlens.training.config import TrainConfig
 
     if spec == "default":
-        path = DEFAULT_MODEL_DIR
-        if not (path / "model.safetensors").is_file():
-            raise CheckpointError(
-                f"{path}: the default model is not installed (train one with "
-                "`gridlens train --preset cpu --out runs/cpu` and copy runs/cpu/model there)"
-            )
+        path = Path(resolve_default(spec))
     else:
         path = Path(spec)
         if (

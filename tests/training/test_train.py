@@ -190,9 +190,9 @@ def test_cli_train_and_eval(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "ev" / "bars.png").is_file()
     assert "replace_color" in out and "overall" in out
     # the shipped-model path: a run's model/ directory copied to the package is `default`
-    from gridlens.training import commands
+    from gridlens.models import checkpoints
 
-    monkeypatch.setattr(commands, "DEFAULT_MODEL_DIR", run / "model")
+    monkeypatch.setattr(checkpoints, "DEFAULT_MODEL_DIR", run / "model")
     code, out, err = run_cli(
         capsys, "eval", "default", "-n", "2", "--no-sampled", "--json", str(tmp_path / "d.json")
     )
