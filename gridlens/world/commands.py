@@ -109,7 +109,7 @@ def show(tasks, n, seed, structure, noise, height, width, highlight, out, column
         print_quizzes(batch, color=color, highlight=mark)
     else:
         render_png(batch, path, highlight=mark, columns=columns, cell=cell)
-        click.echo(str(path))
+        click.echo(str(path.resolve()))
 
 
 @world.command()
@@ -153,7 +153,7 @@ def gallery(out, per_task, tasks, seed, cell, highlight):
     mask = np.concatenate(masks) if highlight else None
     render_png(torch.cat(parts), path, captions=captions, highlight=mask, columns=per_task,
                cell=cell)  # fmt: skip
-    click.echo(str(path))
+    click.echo(str(path.resolve()))
 
 
 @world.command()
