@@ -27,6 +27,17 @@ def recolour(grids: np.ndarray, old: np.ndarray, new: np.ndarray) -> np.ndarray:
     return np.take_along_axis(lut, grids.reshape(n, -1), axis=1).reshape(grids.shape)
 
 
+def grafted_pairs(task, n: int = 300, seed: int = 5):
+    """Two samples a, b of `task` and quizzes whose (B, f(B)) pair comes from b, recoloured so
+    b's colour k becomes a's colour k: a valid quiz exactly when a and b share the rule's other
+    parameters."""
+    rng = np.random.default_rng(seed)
+    a, b = task.generate(n, rng), task.generate(n, rng)
+    mixed = a.grids.copy()
+    mixed[:, 2:] = recolour(b.grids[:, 2:], b.params["colors"], a.params["colors"])
+    return a, b, mixed
+
+
 def bfs(free: np.ndarray, start: tuple[int, int]) -> np.ndarray:
     """4-connected distances inside `free` from `start`; FAR where unreachable."""
     h, w = free.shape

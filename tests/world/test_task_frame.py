@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import chi2_stat, chi2_threshold, recolour, reference_grids
+from helpers import chi2_stat, chi2_threshold, grafted_pairs, recolour, reference_grids
 
 from gridlens.errors import GridSizeError
 from gridlens.world import generate, shapes
@@ -104,11 +104,8 @@ def test_frame_is_the_one_cell_border(ours, our_framed):
 
 
 def test_checker_requires_the_same_framed_colour():
-    rng = np.random.default_rng(5)
-    a, b = TASK.generate(300, rng), TASK.generate(300, rng)
+    a, b, mixed = grafted_pairs(TASK)
     ca, cb = a.params["colors"], b.params["colors"]
-    mixed = a.grids.copy()
-    mixed[:, 2:] = recolour(b.grids[:, 2:], cb, ca)  # B's rectangle k takes A's colour k
     assert TASK.check(mixed).all()
     mixed[:, 2:] = recolour(b.grids[:, 2:], cb, ca[:, [2, 1, 0]])  # another colour is framed
     assert not TASK.check(mixed).any()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import chi2_stat, chi2_threshold, recolour, reference_grids
+from helpers import chi2_stat, chi2_threshold, grafted_pairs, recolour, reference_grids
 
 from gridlens.errors import GridSizeError
 from gridlens.world import generate, shapes
@@ -122,11 +122,8 @@ def test_rectangles_follow_the_originals_distribution(ours, ref_quizzes):
 
 
 def test_checker_requires_shared_direction_and_colour_roles():
-    rng = np.random.default_rng(5)
-    a, b = TASK.generate(300, rng), TASK.generate(300, rng)
-    ca, cb = a.params["colors"], b.params["colors"]
-    mixed = a.grids.copy()
-    mixed[:, 2:] = recolour(b.grids[:, 2:], cb, ca)  # B's colour k takes A's colour k
+    a, b, mixed = grafted_pairs(TASK)
+    ca = a.params["colors"]
     same = a.params["direction"] == b.params["direction"]
     assert same.any() and (~same).any()
     assert np.array_equal(TASK.check(mixed), same)
