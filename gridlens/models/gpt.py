@@ -135,6 +135,7 @@ class GridGPT(nn.Module):
             for layer in range(cfg.n_layers)
         ]
         self._context_hooks: list[tuple[str, HookFn]] = []
+        self._hook_start = 0  # first absolute position of the forward in progress (HookPoint.start)
         self.init_weights(seed)
 
     # ------------------------------------------------------------------ set-up
@@ -275,11 +276,10 @@ class GridGPT(nn.Module):
             active.setdefault(name, []).append(fn)
         return active
 
-    @staticmethod
-    def _site(active: dict[str, list[HookFn]], name: str, x: torch.Tensor) -> torch.Tensor:
+    def _site(self, active: dict[str, list[HookFn]], name: str, x: torch.Tensor) -> torch.Tensor:
         fns = active.get(name) if active else None
         if fns:
-            point = HookPoint(name)
+            point = HookPoint(name, start=self._hook_start)
             for fn in fns:
                 out = fn(x, point)
                 if out is not None:
@@ -337,6 +337,7 @@ class GridGPT(nn.Module):
         elif start:
             raise TokenError(f"start={start} needs a KV cache holding positions [0, {start})")
         x_in = tokens if shifted else self.model_input(tokens)
+        self._hook_start = start
         site = self._site
         embed = site(active, "hook_embed", self.embed(x_in))
         pos = self.pos[start : start + t]

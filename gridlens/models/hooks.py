@@ -65,6 +65,9 @@ class HookPoint:
 
     name: str
     ctx: dict[str, Any] = field(default_factory=dict)
+    #: absolute position of the activation's first position: 0 for a full forward, the decoded
+    #: position when generating through the KV cache (so position-aware hooks stay correct)
+    start: int = 0
 
     def layer(self) -> int:
         match = _LAYER.match(self.name)
