@@ -457,13 +457,19 @@ class GridGPT(nn.Module):
         detach: bool = True,
         device: str | torch.device | None = None,
         fwd_hooks: Sequence[tuple[NameFilter, HookFn]] = (),
+        names_filter: NameFilter = None,
     ) -> tuple[torch.Tensor | None, ActivationCache]:
         """Logits (None when stop_at_layer is given) and an ActivationCache name -> tensor.
 
         names: None (every site; attn.hook_result and the pattern force the explicit path), a
-        name, a list of names, or a predicate on names. detach=False keeps the autograd graph
-        (for attribution patching). fwd_hooks run before the cache records.
+        name, a list of names, or a predicate on names; `names_filter` is TransformerLens's
+        name for it. detach=False keeps the autograd graph (for attribution patching).
+        fwd_hooks run before the cache records.
         """
+        if names_filter is not None:
+            if names is not None:
+                raise ConfigError("pass names or names_filter, not both")
+            names = names_filter
         chosen = resolve_names(names, self.hook_names)
         if stop_at_layer is not None:
             last = stop_at_layer if stop_at_layer >= 0 else self.cfg.n_layers + stop_at_layer
