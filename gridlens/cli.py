@@ -16,6 +16,10 @@ SUBCOMMANDS: dict[str, str] = {
     "model": "gridlens.models.commands:model",
     "train": "gridlens.training.commands:train",
     "eval": "gridlens.training.commands:eval_command",
+    "report": "gridlens.report.commands:report",
+    "analyze": "gridlens.analysis.commands:analyze",
+    "culture": "gridlens.training.culture.commands:culture",
+    "sae": "gridlens.sae.commands:sae",
 }
 
 

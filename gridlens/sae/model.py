@@ -126,7 +126,11 @@ class SparseAutoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Latent activations [..., d_sae] (inference behaviour for batchtopk)."""
-        pre = self.pre_activation(x)
+        return self.activate(self.pre_activation(x))
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        """The architecture's nonlinearity on pre-activations (lets a training step that also
+        needs `pre`, e.g. JumpReLU's L0 term, compute the encoder matmul once)."""
         arch = self.cfg.architecture
         if arch == "relu":
             return torch.relu(pre)

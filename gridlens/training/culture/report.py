@@ -57,6 +57,33 @@ def summarise(
     }
 
 
+def findings(summary: dict[str, Any]) -> list[str]:
+    """Short factual sentences about a population, for reports."""
+    c = summary["culture"]
+    rounds = summary["culture_rounds"]
+    out = [
+        f"{summary['rounds']} rounds, {len(rounds)} culture rounds; models' accuracies now "
+        + ", ".join(f"{a:.2f}" for a in summary["accuracies"])
+        + f" after {sum(summary['epochs'])} epochs in all."
+    ]
+    if rounds:
+        scored = sum(r["scored"] for r in rounds)
+        kept = sum(r["kept"] for r in rounds)
+        rate = summary["candidates_scored_per_second"]
+        out.append(
+            f"{kept} of {scored} scored candidates kept ({100 * kept / max(scored, 1):.1f}%); "
+            f"{rate:.1f} candidates scored per second."
+        )
+    if c["novel_share"] is not None:
+        out.append(
+            f"Culture: {c['train']} train + {c['test']} test quizzes; "
+            f"{100 * c['novel_share']:.0f}% novel (no task checker accepts them); by label "
+            + ", ".join(f"{k} {v}" for k, v in c["by_label"].items())
+            + "."
+        )
+    return out
+
+
 def plot_rounds(cfg: CultureConfig, history: list, path: Path) -> Path:
     """Accuracy of each model per round (culture rounds marked), and culture round counts."""
     import matplotlib

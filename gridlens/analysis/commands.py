@@ -1,0 +1,299 @@
+"""`gridlens analyze ...`: one analysis at a time, each writing its PNGs and a JSON of every
+number into --out and printing its findings."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gridlens.errors import ConfigError
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+def _common(function: Callable) -> Callable:
+    """The options every analysis shares: model, quizzes, output folder, device."""
+    options = [
+        click.option(
+            "--model",
+            default="default",
+            show_default=True,
+            help="'default', a run or model directory, a model file or a checkpoint.",
+        ),
+        click.option(
+            "--tasks",
+            default="default",
+            show_default=True,
+            help="Comma-separated tasks, 'default' (the 8) or 'all'.",
+        ),
+        click.option(
+            "-n",
+            "--n-per-task",
+            type=int,
+            default=16,
+            show_default=True,
+            help="Quizzes (or pairs) per task.",
+        ),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option(
+            "--out",
+            type=click.Path(file_okay=False),
+            default="analysis",
+            show_default=True,
+            help="Folder for the PNGs and JSON.",
+        ),
+        click.option("--device", default="cpu", show_default=True),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _setup(model: str, tasks: str, n_per_task: int, seed: int, device: str, quizzes: bool = True):
+    """(model, task names, quiz set or None) after checking the options."""
+    from gridlens.analysis.core import quiz_set
+    from gridlens.training.commands import resolve_model
+    from gridlens.world.tasks import resolve_tasks
+
+    if n_per_task < 1:
+        raise ConfigError(f"--n-per-task must be >= 1, got {n_per_task}")
+    if seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {seed}")
+    if not any(part.strip() for part in tasks.split(",")):
+        raise ConfigError(f"--tasks {tasks!r} selects no task")
+    names = resolve_tasks(tasks)
+    loaded = resolve_model(model, device)[0].eval()
+    return loaded, names, quiz_set(names, n_per_task, seed=seed) if quizzes else None
+
+
+def _names(text: str) -> str | list[str]:
+    """A group name ('layers', 'heads', ...) as is; a comma-separated list as a list."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise ConfigError(f"no component names in {text!r}")
+    return parts[0] if len(parts) == 1 else parts
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> Path:
+    from gridlens.io import atomic_write
+
+    text = (json.dumps(data, indent=2) + "\n").encode()
+    return atomic_write(path, lambda handle: handle.write(text))
+
+
+def _report(out: Path, name: str, results: dict[str, Any], figures: list[Path], **extra) -> None:
+    """Write out/NAME.json (every result's to_json) and print the findings and files."""
+    payload = {**extra, **{key: r.to_json() for key, r in results.items()}}
+    path = _write_json(out / f"{name}.json", payload)
+    for result in results.values():
+        for line in result.findings():
+            click.echo(f"- {line}")
+    for figure in [*figures, path]:
+        click.echo(f"wrote {figure}")
+
+
+@click.group("analyze", context_settings=CONTEXT)
+def analyze() -> None:
+    """Circuit analyses of a model, one at a time (the report runs them all).
+
+    \b
+      gridlens analyze ablate --components heads --method mean
+      gridlens analyze attention --head L0H1
+      gridlens analyze patch --kind parameter --components heads
+      gridlens analyze atp --method 'atp*' --compare
+      gridlens analyze generate --ablate L0H1
+      gridlens analyze probe --annotation changes
+    """
+
+
+@analyze.command("ablate", context_settings=CONTEXT)
+@_common
+@click.option(
+    "--components",
+    default="layers",
+    show_default=True,
+    help="'layers', 'heads', 'neurons' or comma-separated names (L0.attn, L1.mlp, L2H3, L0N17).",
+)
+@click.option(
+    "--method", type=click.Choice(["zero", "mean", "resample"]), default="mean", show_default=True
+)
+@click.option("--greedy", is_flag=True, help="Also generate every grid under each ablation.")
+def ablate_command(model, tasks, n_per_task, seed, out, device, components, method, greedy):
+    """Ablate each component on its own; the grid loss / accuracy lost, per task."""
+    from gridlens.analysis.ablation import ablate
+
+    loaded, _, quizzes = _setup(model, tasks, n_per_task, seed, device)
+    result = ablate(loaded, quizzes, _names(components), method=method, greedy=greedy, seed=seed)
+    out = Path(out)
+    figure = result.plot(out / f"ablate_{method}.png")
+    _report(out, f"ablate_{method}", {"ablation": result}, [figure])
+
+
+@analyze.command("attention", context_settings=CONTEXT)
+@_common
+@click.option(
+    "--head", "heads", multiple=True, help="Draw this head's pattern (repeatable), e.g. L0H1."
+)
+@click.option("--quiz", type=int, default=0, show_default=True, help="Quiz drawn for --head.")
+@click.option("--query", type=int, default=None, help="Predicted cell 0..99 (default: sharpest).")
+def attention_command(model, tasks, n_per_task, seed, out, device, heads, quiz, query):
+    """Classify every head by where it attends; draw the patterns of --head heads."""
+    from gridlens.analysis.attention import classify_heads, plot_pattern
+    from gridlens.analysis.core import ComponentError, parse_component
+
+    loaded, _, quizzes = _setup(model, tasks, n_per_task, seed, device)
+    for head in heads:  # before any work, so bad input writes nothing
+        if parse_component(head, loaded.cfg).kind != "head":
+            raise ComponentError(f"--head {head!r}: expected a head, e.g. L0H1")
+    if not 0 <= quiz < len(quizzes):
+        raise ConfigError(f"--quiz must be 0..{len(quizzes) - 1}, got {quiz}")
+    result = classify_heads(loaded, quizzes)
+    out = Path(out)
+    figures = [result.plot(out / "attention.png")]
+    for head in heads:
+        path = out / f"pattern_{head}.png"
+        figures.append(plot_pattern(loaded, quizzes.tokens[quiz], head, path, query=query))
+    _report(out, "attention", {"heads": result}, figures)
+
+
+@analyze.command("direct", context_settings=CONTEXT)
+@_common
+@click.option(
+    "--cell", type=int, default=None, help="DLA of one predicted cell 0..99 (default all)."
+)
+def direct_command(model, tasks, n_per_task, seed, out, device, cell):
+    """Copy scores of every head's direct path, and the logit lens with direct logit
+    attribution."""
+    from gridlens.analysis.direct import copy_scores, logit_lens
+
+    loaded, _, quizzes = _setup(model, tasks, n_per_task, seed, device)
+    copies = copy_scores(loaded, quizzes)
+    lens = logit_lens(loaded, quizzes, cell=cell)
+    out = Path(out)
+    figures = [copies.plot(out / "copy_scores.png"), lens.plot(out / "logit_lens.png")]
+    _report(out, "direct", {"copy_scores": copies, "logit_lens": lens}, figures)
+
+
+_KIND = click.option(
+    "--kind",
+    type=click.Choice(["parameter", "colour", "task"]),
+    default="parameter",
+    show_default=True,
+    help="What the corrupted quiz changes: the task's parameter, a colour, or the task's rule.",
+)
+_COMPONENTS = click.option(
+    "--components",
+    default="heads",
+    show_default=True,
+    help="'heads', 'layers', 'neurons', 'resid' or comma-separated names.",
+)
+
+
+@analyze.command("patch", context_settings=CONTEXT)
+@_common
+@_KIND
+@_COMPONENTS
+def patch_command(model, tasks, n_per_task, seed, out, device, kind, components):
+    """Activation patching: each component from the clean run into the corrupted one; the
+    share of the clean answer's log-prob it restores, per task."""
+    from gridlens.analysis.patching import activation_patching, make_pairs
+
+    loaded, names, _ = _setup(model, tasks, n_per_task, seed, device, quizzes=False)
+    pairs = make_pairs(kind, names, n_per_task, seed)
+    result = activation_patching(loaded, pairs, _names(components))
+    out = Path(out)
+    figure = result.plot(out / f"patch_{kind}.png")
+    _report(out, f"patch_{kind}", {"activation_patching": result}, [figure])
+
+
+@analyze.command("atp", context_settings=CONTEXT)
+@_common
+@_KIND
+@_COMPONENTS
+@click.option("--method", type=click.Choice(["atp", "atp*"]), default="atp", show_default=True)
+@click.option("--compare", is_flag=True, help="Also run activation patching and compare.")
+def atp_command(model, tasks, n_per_task, seed, out, device, kind, components, method, compare):
+    """Attribution patching (AtP, AtP*): the gradient estimate of activation patching."""
+    from gridlens.analysis.attribution import attribution_patching
+    from gridlens.analysis.attribution import compare as compare_results
+    from gridlens.analysis.patching import activation_patching, make_pairs
+
+    loaded, names, _ = _setup(model, tasks, n_per_task, seed, device, quizzes=False)
+    pairs = make_pairs(kind, names, n_per_task, seed)
+    chosen = _names(components)
+    result = attribution_patching(loaded, pairs, chosen, method=method)
+    out = Path(out)
+    stem = f"atp_{kind}" if method == "atp" else f"atpstar_{kind}"
+    figures = [result.plot(out / f"{stem}.png")]
+    results: dict[str, Any] = {method: result}
+    extra: dict[str, Any] = {}
+    if compare:
+        exact = activation_patching(loaded, pairs, chosen)
+        figures.append(exact.plot(out / f"patch_{kind}.png"))
+        results["activation_patching"] = exact
+        extra["agreement"] = compare_results(exact, result)
+        click.echo(f"agreement with activation patching: {_agreement(extra['agreement'])}")
+    _report(out, stem, results, figures, **extra)
+
+
+def _agreement(data: dict[str, Any]) -> str:
+    """A one-line rendering of compare()'s numbers."""
+    parts = []
+    for key, value in data.items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            parts.append(f"{key} {value:.3g}")
+    return ", ".join(parts) or json.dumps(data)
+
+
+@analyze.command("generate", context_settings=CONTEXT)
+@_common
+@click.option(
+    "--ablate",
+    "components",
+    required=True,
+    help="Components ablated together during generation (comma-separated names, or 'heads').",
+)
+@click.option(
+    "--method", type=click.Choice(["zero", "mean", "resample"]), default="mean", show_default=True
+)
+def generate_command(model, tasks, n_per_task, seed, out, device, components, method):
+    """Generate the answer grids autoregressively with components ablated: accuracy per task
+    and where the first wrong cell falls."""
+    from gridlens.analysis.ablation import ablation_hooks
+    from gridlens.analysis.intervention import generate_under
+
+    loaded, _, quizzes = _setup(model, tasks, n_per_task, seed, device)
+    hooks = ablation_hooks(loaded, quizzes, _names(components), method=method, seed=seed)
+    result = generate_under(loaded, quizzes, hooks)
+    out = Path(out)
+    figure = result.plot(out / "generate.png")
+    _report(out, "generate", {"generation": result}, [figure], ablated=components, method=method)
+
+
+@analyze.command("probe", context_settings=CONTEXT)
+@_common
+@click.option(
+    "--annotation",
+    default="changes",
+    show_default=True,
+    help="What the probes predict per token: changes, roles, objects, ...",
+)
+@click.option(
+    "--sites", default=None, help="Comma-separated hook names (default: the residual stream)."
+)
+def probe_command(model, tasks, n_per_task, seed, out, device, annotation, sites):
+    """Linear probes per layer for a per-token annotation, against a shuffled-label control."""
+    from gridlens.analysis.probes import train_probes
+
+    loaded, _, quizzes = _setup(model, tasks, n_per_task, seed, device)
+    chosen = [s.strip() for s in sites.split(",") if s.strip()] if sites else None
+    if sites is not None and not chosen:
+        raise ConfigError(f"--sites {sites!r} names no hook")
+    result = train_probes(loaded, quizzes, annotation, sites=chosen, seed=seed)
+    out = Path(out)
+    figure = result.plot(out / f"probe_{annotation}.png")
+    _report(out, f"probe_{annotation}", {"probes": result}, [figure])

@@ -1,0 +1,368 @@
+"""CLI commands for reading an SAE's features: `features`, `dashboard`, `steer`, `attribute`.
+Plain click commands (the `sae` group adds them from COMMANDS); each writes PNG + JSON into
+--out and prints what it wrote."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gridlens.errors import ConfigError
+from gridlens.io import atomic_write
+
+
+def _common(fn: Callable) -> Callable:
+    """Options every feature command shares: model, SAE, quiz set, output folder."""
+    options = [
+        click.option(
+            "--model",
+            "model_path",
+            default="default",
+            show_default=True,
+            help="model checkpoint (file, directory or 'default')",
+        ),
+        click.option(
+            "--sae",
+            "sae_path",
+            default="default",
+            show_default=True,
+            help="SAE directory (SAELens format) or 'default'",
+        ),
+        click.option(
+            "--tasks",
+            default="default",
+            show_default=True,
+            help="tasks of the quiz set (names, comma-separated, 'default' or 'all')",
+        ),
+        click.option(
+            "--n-per-task", default=32, show_default=True, type=int, help="quizzes per task"
+        ),
+        click.option("--seed", default=0, show_default=True, type=int, help="quiz set seed"),
+        click.option(
+            "--out",
+            "out_dir",
+            required=True,
+            type=click.Path(file_okay=False),
+            help="output folder for PNG and JSON",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _load(model_path: str, sae_path: str, tasks: str, n_per_task: int, seed: int):
+    from gridlens.analysis.core import quiz_set
+    from gridlens.models.checkpoints import load
+    from gridlens.sae.io import load_sae
+
+    model = load(model_path)
+    sae = load_sae(sae_path, device=model.device)
+    if sae.cfg.hook_name not in model.hook_names:
+        raise ConfigError(f"the SAE reads {sae.cfg.hook_name!r}, which this model does not have")
+    return model, sae, quiz_set(tasks, n_per_task, seed=seed)
+
+
+def _write_json(path: Path, data: Any) -> Path:
+    text = json.dumps(data, indent=1).encode()
+    return atomic_write(path, lambda handle: handle.write(text))
+
+
+def _int_list(text: str | None, what: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def _float_list(text: str, what: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+def _echo(paths) -> None:
+    for p in paths:
+        click.echo(str(Path(p).resolve()))
+
+
+@click.command("features")
+@_common
+@click.option(
+    "--positions",
+    default="grid",
+    show_default=True,
+    type=click.Choice(["grid", "no_markers", "all"]),
+    help="positions recorded",
+)
+@click.option(
+    "--latents",
+    default=None,
+    help="latents to draw (default: the most task-specific per task and the best-labelled)",
+)
+@click.option("--n-latents", default=16, show_default=True, type=int)
+@click.option("--n-examples", default=6, show_default=True, type=int)
+def features(
+    model_path,
+    sae_path,
+    tasks,
+    n_per_task,
+    seed,
+    out_dir,
+    positions,
+    latents,
+    n_latents,
+    n_examples,
+) -> None:
+    """Top examples, automatic labels and the feature x task expression matrix."""
+    from gridlens.sae.dashboard import choose_latents
+    from gridlens.sae.features import (
+        expression_matrix,
+        latent_activations,
+        promoted_logits,
+        render_examples,
+    )
+    from gridlens.sae.labels import label_latents
+
+    model, sae, quizzes = _load(model_path, sae_path, tasks, n_per_task, seed)
+    out = Path(out_dir)
+    acts = latent_activations(model, sae, quizzes, positions)
+    expression = expression_matrix(acts)
+    labels = label_latents(acts)
+    chosen = _int_list(latents, "--latents") or choose_latents(expression, labels, n_latents)
+    written = [expression.plot(out / "expression.png"), *labels.write(out)]
+    written.append(labels.plot(out / "labels_f1.png"))
+    for j in chosen:
+        if labels.fires[acts.check_latent(j)]:
+            written.append(
+                render_examples(acts, j, out / f"latent_{j:05d}_examples.png", n_examples)
+            )
+    logits = promoted_logits(model, sae)
+    summary = {
+        "hook_name": sae.cfg.hook_name,
+        "quizzes": len(quizzes),
+        "positions": positions,
+        "latents": {
+            str(j): {
+                "label": labels.best(j, 3),
+                "firing": dict(
+                    zip(expression.tasks, expression.firing[j].round(4).tolist(), strict=True)
+                ),
+                "top_examples": [e.__dict__ for e in acts.top_examples(j, n_examples)],
+            }
+            for j in chosen
+        },
+        "promoted_logits": logits.to_json(chosen),
+        "expression": expression.to_json(),
+        "findings": expression.findings() + labels.findings(),
+    }
+    written.append(_write_json(out / "features.json", summary))
+    _echo(written)
+
+
+@click.command("dashboard")
+@_common
+@click.option(
+    "--positions",
+    default="grid",
+    show_default=True,
+    type=click.Choice(["grid", "no_markers", "all"]),
+)
+@click.option("--latents", default=None, help="latents to show (default: chosen automatically)")
+@click.option("--n-latents", default=24, show_default=True, type=int)
+@click.option("--n-examples", default=6, show_default=True, type=int)
+def dashboard(
+    model_path,
+    sae_path,
+    tasks,
+    n_per_task,
+    seed,
+    out_dir,
+    positions,
+    latents,
+    n_latents,
+    n_examples,
+) -> None:
+    """A static HTML dashboard (index + one page per latent) in --out; open index.html."""
+    from gridlens.sae.dashboard import write_dashboard
+
+    model, sae, quizzes = _load(model_path, sae_path, tasks, n_per_task, seed)
+    index = write_dashboard(
+        model,
+        sae,
+        quizzes,
+        out_dir,
+        _int_list(latents, "--latents"),
+        n_latents,
+        n_examples,
+        positions,
+    )
+    _echo([index])
+
+
+@click.command("steer")
+@_common
+@click.option("--latents", default=None, help="latents whose decoder rows are added")
+@click.option(
+    "--direction",
+    "direction_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="a .npy or .pt vector to add instead of latents",
+)
+@click.option("--scales", default="0,1,2,4,8,16", show_default=True)
+@click.option(
+    "--positions",
+    default="grid",
+    show_default=True,
+    type=click.Choice(["grid", "no_markers", "all"]),
+)
+@click.option(
+    "--check-tasks",
+    default="all",
+    show_default=True,
+    help="tasks whose rules are checked on the outputs",
+)
+def steer(
+    model_path,
+    sae_path,
+    tasks,
+    n_per_task,
+    seed,
+    out_dir,
+    latents,
+    direction_path,
+    scales,
+    positions,
+    check_tasks,
+) -> None:
+    """Add decoder directions x scale while generating; which task rule do outputs follow?"""
+    import numpy as np
+    import torch
+
+    from gridlens.sae.steering import decoder_direction
+    from gridlens.sae.steering import steer as run_steer
+
+    model, sae, quizzes = _load(model_path, sae_path, tasks, n_per_task, seed)
+    chosen = _int_list(latents, "--latents")
+    if (chosen is None) == (direction_path is None):
+        raise ConfigError("give exactly one of --latents and --direction")
+    if chosen is not None:
+        direction, what = decoder_direction(sae, chosen), f"latents {chosen}"
+    else:
+        path = Path(direction_path)
+        if path.suffix == ".npy":
+            direction = torch.from_numpy(np.load(path))
+        elif path.suffix == ".pt":
+            direction = torch.load(path, weights_only=True)
+        else:
+            raise ConfigError(f"--direction {path}: expected a .npy or .pt file")
+        if direction.numel() != sae.cfg.d_in:
+            raise ConfigError(
+                f"--direction {path}: {direction.numel()} values, need {sae.cfg.d_in}"
+            )
+        what = f"direction {path.name}"
+    result = run_steer(
+        model,
+        quizzes,
+        direction,
+        sae.cfg.hook_name,
+        _float_list(scales, "--scales"),
+        positions,
+        check_tasks,
+        what,
+    )
+    out = Path(out_dir)
+    data = {**result.to_json(), "findings": result.findings()}
+    _echo([result.plot(out / "steering.png"), _write_json(out / "steering.json", data)])
+
+
+@click.command("attribute")
+@_common
+@click.option(
+    "--top-k",
+    default=5,
+    show_default=True,
+    type=int,
+    help="latents per task ablated / amplified in the causal tests (0: none)",
+)
+@click.option(
+    "--amplify",
+    default=5.0,
+    show_default=True,
+    type=float,
+    help="factor for the amplification test",
+)
+@click.option("--mask-task", default=None, help="learn a sparse latent mask on this task")
+@click.option("--mask-steps", default=100, show_default=True, type=int)
+@click.option("--penalty", default=1e-3, show_default=True, type=float)
+@click.option(
+    "--gate", default="sigmoid", show_default=True, type=click.Choice(["sigmoid", "hard_concrete"])
+)
+def attribute(
+    model_path,
+    sae_path,
+    tasks,
+    n_per_task,
+    seed,
+    out_dir,
+    top_k,
+    amplify,
+    mask_task,
+    mask_steps,
+    penalty,
+    gate,
+) -> None:
+    """Gradient x activation per latent and task, a learned mask, ablation and amplification."""
+    from gridlens.analysis.core import grid_metrics
+    from gridlens.sae import attribution
+
+    model, sae, quizzes = _load(model_path, sae_path, tasks, n_per_task, seed)
+    out = Path(out_dir)
+    result = attribution.attribute(model, sae, quizzes)
+    written = [result.plot(out / "attribution.png")]
+    data: dict[str, Any] = {"attribution": result.to_json(), "findings": result.findings()}
+    if top_k > 0:
+        causal = {}
+        for task in result.tasks:
+            rows = quizzes.subset(quizzes.tasks == task)
+            latents = [j for j, a in result.top_latents(task, top_k) if a > 0]
+            if not latents:
+                continue
+            base = grid_metrics(model, rows.tokens, greedy=True).summary(rows.tasks)
+            zeroed = attribution.ablate_latents(model, sae, rows, latents, baseline=base)
+            amplified = attribution.amplify_latents(
+                model, sae, rows, latents, amplify, baseline=base
+            )
+            causal[task] = {"ablate": zeroed.to_json(), "amplify": amplified.to_json()}
+            data["findings"] += zeroed.findings() + amplified.findings()
+        data["causal"] = causal
+    if mask_task is not None:
+        rows = quizzes.subset(quizzes.tasks == mask_task)
+        if len(rows) == 0:
+            raise ConfigError(f"--mask-task {mask_task!r} is not among the quiz set's tasks")
+        mask = attribution.learned_mask(model, sae, rows, penalty, mask_steps, gate=gate, seed=seed)
+        written.append(mask.plot(out / "mask.png"))
+        kept = (
+            attribution.ablate_latents(model, sae, rows, mask.kept, invert=True)
+            if mask.kept
+            else None
+        )
+        data["mask"] = {
+            **mask.to_json(),
+            "task": mask_task,
+            "keep_only": kept.to_json() if kept else None,
+        }
+        data["findings"] += mask.findings() + (kept.findings() if kept else [])
+    written.append(_write_json(out / "attribution.json", data))
+    _echo(written)
+
+
+COMMANDS = [features, dashboard, steer, attribute]

@@ -1,0 +1,670 @@
+"""Training sparse autoencoders on activations streamed from a model.
+
+Losses (per row, summed over d_in, averaged over the batch, on normalised activations):
+    relu:            MSE + l1_coefficient * sum_i f_i * ||W_dec_i||    (L1 warmed up linearly)
+    topk, batchtopk: MSE + aux_coefficient * AuxK                      (Gao et al. 2024)
+    jumprelu:        MSE + l0_coefficient * sum_i H(pre_i - threshold_i) (via model.jump_step)
+AuxK: the k_aux largest pre-activations among dead latents reconstruct the residual x - x_hat
+(detached), scaled by min(dead / k_aux, 1) as SAELens does, so dead latents get gradients.
+Except for relu, decoder rows are kept at unit norm (the gradient's radial part is removed
+before each step, the rows renormalised after it).
+
+Input normalisation: activations are multiplied by s = sqrt(d_in / E||x||^2), estimated on the
+store's first buffer, so E||x_scaled||^2 = d_in whatever the site (SAELens's
+"expected_average_only_in"); hyper-parameters then transfer between sites. The returned and
+saved SAE has s folded into its weights (W_enc * s, W_dec / s, b_dec / s; pre-activations and
+thresholds unchanged), so it reads and writes activations in model units; s is recorded in
+training.json. Checkpoints hold the unfolded weights.
+
+An output directory holds:
+    cfg.json, sae_weights.safetensors   the SAE (gridlens.sae.io.save_sae; SAELens's format)
+    training.json                       both configs, the scale, final metrics, speeds
+    log.jsonl                           one JSON object per logged step
+    checkpoints/step_NNNNNNNN.pt        the newest few training states (atomic)
+A resumed run ends with the same weights as an uninterrupted one: the checkpoint holds the
+SAE, the optimiser, the activation store (its unread buffer, chunk count and shuffling
+generator), the dead-latent counters, the scale and the batchtopk threshold statistics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gridlens.errors import CheckpointError, ConfigError, unknown_name
+from gridlens.io import atomic_write
+from gridlens.sae.activations import ActivationStore, site_width
+from gridlens.sae.model import SAEConfig, SparseAutoencoder, jump_step
+from gridlens.sae.sparse import batch_topk_encode, sparse_decode, topk_encode
+from gridlens.training import checkpoint as ckpt
+
+LOG_FILE = "log.jsonl"
+TRAINING_FILE = "training.json"
+DECAYS = ("linear", "cosine", "constant")
+DTYPES = ("auto", "float32", "bfloat16")
+# Fields that may change between a checkpoint and its resumed run without changing the result.
+RESUME_FREE_FIELDS = frozenset(
+    {
+        "log_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "device",
+        "progress",
+        "model_batch",
+        "extra",
+    }
+)
+
+
+@dataclass(frozen=True)
+class SAETrainConfig:
+    """Everything about an SAE's training except its shape (SAEConfig) and the model."""
+
+    tokens: int = 2_000_000  # activation rows seen in training
+    batch_size: int = 4096
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    decay: str = "linear"  # over the last decay_fraction of the steps, to min_lr_ratio * lr
+    decay_fraction: float = 0.3
+    min_lr_ratio: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    l1_coefficient: float = 5.0  # relu
+    l0_coefficient: float = 1.0  # jumprelu
+    sparsity_warmup_steps: int = 100  # L1 / L0 coefficient ramps up linearly over these
+    aux_k: int | None = None  # topk/batchtopk: dead latents used by AuxK (None: d_in // 2)
+    aux_coefficient: float = 1.0  # SAELens's default (Gao et al. use 1/32 of a normalised MSE)
+    dead_after_tokens: int = 100_000  # a latent not fired for this many rows is dead
+    resample_every: int = 0  # relu: reinitialise dead latents every this many steps (0: off)
+    threshold_fraction: float = 0.25  # batchtopk: threshold averaged over this last share
+    b_dec_init: str = "geometric_median"  # or "mean" or "zeros"
+    normalize_activations: bool = True
+    # the activation stream
+    tasks: tuple[str, ...] | str = "default"
+    positions: str = "grid"
+    structure: str = "mix"
+    noise: float = 0.0
+    buffer_quizzes: int = 512
+    model_batch: int = 128
+    seed: int = 0
+    # running
+    device: str = "auto"
+    dtype: str = "auto"  # autocast of the model forward: bf16 by default on CUDA
+    log_every: int = 20
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.tokens < self.batch_size or self.batch_size < 1:
+            raise ConfigError(
+                f"tokens ({self.tokens}) must be >= batch_size ({self.batch_size}) >= 1"
+            )
+        if self.decay not in DECAYS:
+            raise unknown_name("lr decay", self.decay, DECAYS)
+        if self.dtype not in DTYPES:
+            raise unknown_name("dtype", self.dtype, DTYPES)
+        if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
+            raise unknown_name("b_dec init", self.b_dec_init, ("geometric_median", "mean", "zeros"))
+        if not 0 <= self.decay_fraction <= 1 or not 0 < self.threshold_fraction <= 1:
+            raise ConfigError("decay_fraction must lie in [0, 1] and threshold_fraction in (0, 1]")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+
+    @property
+    def steps(self) -> int:
+        return self.tokens // self.batch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["tasks"] = self.tasks if isinstance(self.tasks, str) else list(self.tasks)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SAETrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown SAE training fields {unknown}; known: {sorted(known)}")
+        data = dict(data)
+        if isinstance(data.get("tasks"), list):
+            data["tasks"] = tuple(data["tasks"])
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> SAETrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def lr_at(cfg: SAETrainConfig, step: int) -> float:
+    """Linear warm-up, constant, then decay over the last decay_fraction of the steps."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    decay_steps = int(cfg.steps * cfg.decay_fraction)
+    start = cfg.steps - decay_steps
+    if cfg.decay == "constant" or decay_steps == 0 or step < start:
+        return cfg.lr
+    progress = min(1.0, (step - start) / decay_steps)
+    shape = 1 - progress if cfg.decay == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape)
+
+
+def geometric_median(x: torch.Tensor, iterations: int = 30) -> torch.Tensor:
+    """Weiszfeld's algorithm: the point minimising the sum of distances to the rows of x."""
+    median = x.mean(0)
+    for _ in range(iterations):
+        weights = 1 / (x - median).norm(dim=1).clamp_min(1e-8)
+        median = (weights[:, None] * x).sum(0) / weights.sum()
+    return median
+
+
+def explained_variance(x: torch.Tensor, recon: torch.Tensor) -> float:
+    """Batch-level: 1 - sum||x - x_hat||^2 / sum||x - mean(x)||^2."""
+    residual = (x - recon).pow(2).sum()
+    total = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+    return float(1 - residual / total)
+
+
+@dataclass
+class StepResult:
+    """What one training step measured (loss terms as tensors, to read once per log)."""
+
+    total: torch.Tensor
+    mse: torch.Tensor
+    sparsity: torch.Tensor  # the penalty or auxiliary term, before its coefficient
+    recon: torch.Tensor  # [rows, d_in], detached
+    l0: torch.Tensor  # mean active latents per row
+    fired: torch.Tensor  # bool [d_sae]: latents active on some row of the batch
+    min_active: torch.Tensor | None  # batchtopk: the smallest positive activation kept
+
+
+def sae_losses(
+    sae: SparseAutoencoder,
+    x: torch.Tensor,
+    cfg: SAETrainConfig,
+    dead: torch.Tensor | None,
+    sparsity_scale: float = 1.0,
+) -> StepResult:
+    """The training loss of one batch of (normalised) activations. TopK and BatchTopK use the
+    sparse kernels of gridlens.sae.sparse (work proportional to the active latents)."""
+    arch = sae.cfg.architecture
+    d_sae = sae.cfg.d_sae
+    min_active = None
+    if arch in ("topk", "batchtopk"):
+        if arch == "topk":
+            values, index = topk_encode(x, sae.W_enc, sae.b_enc, sae.b_dec, sae.cfg.k)
+            recon = sparse_decode(values, index, sae.W_dec, sae.b_dec)
+        else:
+            values, index, offsets = batch_topk_encode(
+                x, sae.W_enc, sae.b_enc, sae.b_dec, sae.cfg.k
+            )
+            recon = sparse_decode(values, index, sae.W_dec, sae.b_dec, offsets)
+        positive = values.detach() > 0
+        l0 = positive.sum() / x.shape[0]
+        fired = torch.bincount(index.reshape(-1)[positive.reshape(-1)], minlength=d_sae) > 0
+        if arch == "batchtopk" and positive.any():
+            min_active = values.detach()[positive].min()
+        mse = (recon - x).pow(2).sum(-1).mean()
+        sparsity = aux_k_loss(sae, x, recon, dead, cfg.aux_k)
+        total = mse + cfg.aux_coefficient * sparsity
+    else:
+        pre = sae.pre_activation(x)
+        if arch == "relu":
+            latents = torch.relu(pre)
+            sparsity = (latents * sae.W_dec.norm(dim=1)).sum(-1).mean()
+            coefficient = cfg.l1_coefficient
+        else:  # jumprelu, with its straight-through threshold gradient
+            latents = sae.activate(pre)
+            sparsity = jump_step(pre, sae.threshold, sae.cfg.jumprelu_bandwidth).sum(-1).mean()
+            coefficient = cfg.l0_coefficient
+        recon = sae.decode(latents)
+        mse = (recon - x).pow(2).sum(-1).mean()
+        total = mse + coefficient * sparsity_scale * sparsity
+        active = latents.detach() > 0
+        l0 = active.sum(-1).float().mean()
+        fired = active.any(0)
+    return StepResult(total, mse, sparsity.detach(), recon.detach(), l0, fired, min_active)
+
+
+def aux_k_loss(
+    sae: SparseAutoencoder,
+    x: torch.Tensor,
+    recon: torch.Tensor,
+    dead: torch.Tensor | None,
+    aux_k: int | None,
+) -> torch.Tensor:
+    """AuxK: the dead latents with the k_aux largest pre-activations reconstruct the residual
+    x - x_hat (detached) with those pre-activations as they are (no ReLU, as SAELens: a latent
+    whose pre-activation went negative still gets a gradient); scaled by min(dead / k_aux, 1).
+    Zero when nothing is dead. Only the dead latents' pre-activations are computed."""
+    dead_index = dead.nonzero().flatten() if dead is not None else None
+    if dead_index is None or len(dead_index) == 0:
+        return x.new_zeros(())
+    n_dead = len(dead_index)
+    k_aux = aux_k if aux_k is not None else max(1, x.shape[-1] // 2)
+    scale = min(n_dead / k_aux, 1.0)
+    pre = (x - sae.b_dec) @ sae.W_enc[:, dead_index] + sae.b_enc[dead_index]
+    values, index = pre.topk(min(k_aux, n_dead), dim=-1)
+    aux = sparse_decode(values, index, sae.W_dec[dead_index], torch.zeros_like(sae.b_dec))
+    residual = (x - recon).detach()
+    return scale * (aux - residual).pow(2).sum(-1).mean()
+
+
+def train_step(
+    sae: SparseAutoencoder,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    cfg: SAETrainConfig,
+    dead: torch.Tensor | None = None,
+    sparsity_scale: float = 1.0,
+) -> StepResult:
+    """One optimiser step on a batch of normalised activations, keeping the constraints:
+    unit decoder rows (not relu, which weights its L1 by them), thresholds >= 0 (jumprelu)."""
+    result = sae_losses(sae, x, cfg, dead, sparsity_scale)
+    optimizer.zero_grad(set_to_none=True)
+    result.total.backward()
+    result.total, result.mse = result.total.detach(), result.mse.detach()
+    arch = sae.cfg.architecture
+    if arch != "relu":
+        _project_decoder_grad(sae)
+    optimizer.step()
+    if arch != "relu":
+        sae.normalize_decoder()
+    if arch == "jumprelu":
+        with torch.no_grad():
+            sae.threshold.clamp_(min=0.0)
+    return result
+
+
+def _project_decoder_grad(sae: SparseAutoencoder) -> None:
+    """Remove the part of W_dec's gradient that only changes row norms (renormalised anyway)."""
+    if sae.W_dec.grad is None:
+        return
+    w = sae.W_dec.data / sae.W_dec.data.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    sae.W_dec.grad -= (sae.W_dec.grad * w).sum(1, keepdim=True) * w
+
+
+@torch.no_grad()
+def _resample_dead(
+    sae: SparseAutoencoder,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    recon: torch.Tensor,
+    dead: torch.Tensor,
+    generator: torch.Generator,
+) -> int:
+    """relu: point dead latents at badly reconstructed inputs (Anthropic 2023, simplified),
+    and clear their Adam moments."""
+    index = dead.nonzero().flatten()
+    if len(index) == 0:
+        return 0
+    errors = (x - recon).pow(2).sum(-1)
+    chosen = torch.multinomial(errors.cpu() + 1e-12, len(index), True, generator=generator)
+    directions = x[chosen.to(x.device)] - sae.b_dec
+    directions = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    alive = ~dead
+    enc_norm = sae.W_enc[:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0)
+    sae.W_dec[index] = directions * 0.1
+    sae.W_enc[:, index] = directions.t() * enc_norm * 0.2
+    sae.b_enc[index] = 0.0
+    for p, rows in (
+        (sae.W_dec, (index,)),
+        (sae.W_enc, (slice(None), index)),
+        (sae.b_enc, (index,)),
+    ):
+        state = optimizer.state.get(p, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                state[key][rows] = 0.0
+    return len(index)
+
+
+@torch.no_grad()
+def fold_scale(sae: SparseAutoencoder, scale: float) -> SparseAutoencoder:
+    """Make an SAE trained on activations * scale work on raw activations (same latents)."""
+    sae.W_enc *= scale
+    sae.W_dec /= scale
+    sae.b_dec /= scale
+    return sae
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(f"device {name!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for but CUDA is not available")
+    return device
+
+
+def _autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return torch.bfloat16 if name == "bfloat16" else None
+
+
+def _config_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    return [
+        f"{k}: {saved.get(k)!r} (checkpoint) vs {now.get(k)!r} (now)"
+        for k in sorted(set(saved) | set(now))
+        if k not in RESUME_FREE_FIELDS and saved.get(k) != now.get(k)
+    ]
+
+
+def _write_json(path: Path, data: Any) -> None:
+    atomic_write(path, lambda h: h.write((json.dumps(data, indent=2) + "\n").encode()))
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Keep the records up to `step` (a killed run's later records would repeat on resume)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if step and record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    path.write_text("".join(kept))
+
+
+def train_sae(
+    model,
+    sae_cfg: SAEConfig,
+    train_cfg: SAETrainConfig,
+    out_dir: str | Path | None = None,
+    resume: bool | str | Path = False,
+    progress: bool = True,
+    store=None,
+    stop_after: int | None = None,
+    initial_state: dict[str, torch.Tensor] | None = None,
+) -> SparseAutoencoder:
+    """Train an SAE at `sae_cfg.hook_name` of `model` on freshly generated quizzes.
+
+    store: any iterator of [batch_size, d_in] batches with state_dict()/load_state_dict()
+    (default: an ActivationStore built from train_cfg). stop_after: stop once this many steps
+    are done, after checkpointing, as if killed there (tests; chunked runs); the SAE returned
+    then is the unfolded training state. initial_state: SAE weights to start from instead of
+    the seeded initialisation (b_dec is still initialised from the data). Returns the SAE (in
+    model units, eval mode).
+    """
+    device = _resolve_device(train_cfg.device)
+    if model is None and store is None:
+        raise ConfigError("train_sae needs a model (to stream activations from) or a store")
+    out = Path(out_dir) if out_dir is not None else None
+    state = _prepare(out, sae_cfg, train_cfg, resume)
+    if model is not None:
+        model.to(device)
+        width = site_width(model, sae_cfg.hook_name)
+        if width != sae_cfg.d_in:
+            raise ConfigError(f"SAE d_in={sae_cfg.d_in} but {sae_cfg.hook_name} has width {width}")
+    if store is None:
+        store = ActivationStore(
+            model,
+            sae_cfg.hook_name,
+            tasks=train_cfg.tasks,
+            positions=train_cfg.positions,
+            batch_size=train_cfg.batch_size,
+            buffer_quizzes=train_cfg.buffer_quizzes,
+            seed=train_cfg.seed,
+            structure=train_cfg.structure,
+            noise=train_cfg.noise,
+            model_batch=train_cfg.model_batch,
+            device=device,
+            autocast_dtype=_autocast_dtype(train_cfg.dtype, device),
+        )
+    sae = SparseAutoencoder(sae_cfg, seed=train_cfg.seed)
+    if initial_state is not None:
+        sae.load_state_dict(initial_state)
+    sae.to(device)
+    arch = sae_cfg.architecture
+    optimizer = torch.optim.Adam(
+        sae.parameters(), lr=train_cfg.lr, betas=(train_cfg.beta1, train_cfg.beta2)
+    )
+    since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=device)
+    resample_gen = torch.Generator().manual_seed(train_cfg.seed + 1)
+    threshold_sum, threshold_count = 0.0, 0
+    timing = {"store_s": 0.0, "sae_s": 0.0}
+    start = 0
+    if state is not None:
+        try:
+            sae.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise CheckpointError(f"checkpoint does not fit the SAE/optimiser: {error}") from None
+        store.load_state_dict(state["store"])
+        since_fired = state["since_fired"].to(device)
+        resample_gen.set_state(state["resample_rng"])
+        threshold_sum, threshold_count = state["threshold_sum"], state["threshold_count"]
+        scale = float(state["scale"])
+        start = int(state["step"])
+        timing.update(state.get("timing", {}))
+    else:
+        scale = _initialise(sae, store, train_cfg, device)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        _trim_log(out / LOG_FILE, start)
+
+    def save_state(step: int) -> None:
+        if out is None:
+            return
+        ckpt.save_checkpoint(
+            {
+                "config": {"sae": sae_cfg.to_dict(), "train": train_cfg.to_dict()},
+                "step": step,
+                "model": sae.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "store": store.state_dict(),
+                "since_fired": since_fired.cpu(),
+                "resample_rng": resample_gen.get_state(),
+                "threshold_sum": threshold_sum,
+                "threshold_count": threshold_count,
+                "scale": scale,
+                "timing": dict(timing),
+            },
+            out,
+            step,
+            train_cfg.keep_checkpoints,
+        )
+
+    steps = train_cfg.steps
+    end = steps if stop_after is None else min(steps, stop_after)
+    threshold_from = steps - max(1, int(steps * train_cfg.threshold_fraction))
+    bar = None
+    if progress and train_cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, initial=start, desc=f"sae {arch}", dynamic_ncols=True, unit="step")
+    window: dict[str, float] = {}
+    window_steps = 0
+    last: dict[str, float] = {}
+    sae.train()
+    step, last_saved = start, start
+    try:
+        while step < end:
+            t0 = time.perf_counter()
+            x = next(store)
+            x = x.to(device) * scale
+            t1 = time.perf_counter()
+            lr = lr_at(train_cfg, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            dead = since_fired >= train_cfg.dead_after_tokens
+            ramp = (
+                min(1.0, (step + 1) / train_cfg.sparsity_warmup_steps)
+                if train_cfg.sparsity_warmup_steps
+                else 1.0
+            )
+            losses = train_step(sae, optimizer, x, train_cfg, dead, ramp)
+            with torch.no_grad():
+                since_fired += x.shape[0]
+                since_fired[losses.fired] = 0
+                if losses.min_active is not None and step >= threshold_from:
+                    threshold_sum += float(losses.min_active)
+                    threshold_count += 1
+                if (
+                    arch == "relu"
+                    and train_cfg.resample_every
+                    and (step + 1) % train_cfg.resample_every == 0
+                ):
+                    dead_now = since_fired >= train_cfg.dead_after_tokens
+                    if _resample_dead(sae, optimizer, x, losses.recon, dead_now, resample_gen):
+                        since_fired[dead_now] = 0
+                metrics = {
+                    "loss": float(losses.total),
+                    "mse": float(losses.mse),
+                    "sparsity_loss": float(losses.sparsity),
+                    "explained_variance": explained_variance(x, losses.recon),
+                    "l0": float(losses.l0),
+                    "dead": float((since_fired >= train_cfg.dead_after_tokens).float().mean()),
+                }
+            step += 1
+            timing["store_s"] += t1 - t0
+            timing["sae_s"] += time.perf_counter() - t1
+            for k, v in metrics.items():
+                window[k] = window.get(k, 0.0) + v
+            window_steps += 1
+            if step % train_cfg.log_every == 0 or step == end:
+                last = {k: v / window_steps for k, v in window.items()}
+                record = {"step": step, "tokens": step * train_cfg.batch_size, "lr": lr, **last}
+                record.update(_speeds(timing, step * train_cfg.batch_size))
+                if out is not None:
+                    with open(out / LOG_FILE, "a") as handle:
+                        handle.write(json.dumps(record) + "\n")
+                if bar is not None:
+                    bar.set_postfix(
+                        loss=f"{last['loss']:.3f}",
+                        ev=f"{last['explained_variance']:.3f}",
+                        l0=f"{last['l0']:.1f}",
+                        dead=f"{100 * last['dead']:.1f}%",
+                    )
+                window, window_steps = {}, 0
+            if bar is not None:
+                bar.update(1)
+            if (
+                out is not None
+                and train_cfg.checkpoint_every
+                and step % train_cfg.checkpoint_every == 0
+            ):
+                save_state(step)
+                last_saved = step
+    except KeyboardInterrupt:
+        if step != last_saved:
+            save_state(step)
+        if bar is not None:
+            bar.close()
+        raise
+    if bar is not None:
+        bar.close()
+    if step != last_saved:
+        save_state(step)
+    if step < steps:
+        return sae
+    if arch == "batchtopk":
+        with torch.no_grad():
+            sae.threshold.fill_(threshold_sum / max(threshold_count, 1))
+    fold_scale(sae, scale)
+    sae.eval()
+    if out is not None:
+        summary = {
+            "sae": sae_cfg.to_dict(),
+            "train": train_cfg.to_dict(),
+            "steps": step,
+            "tokens": step * train_cfg.batch_size,
+            "activation_scale": scale,
+            "final": last,
+            "dead_latents": int((since_fired >= train_cfg.dead_after_tokens).sum()),
+            **_speeds(timing, step * train_cfg.batch_size),
+            "store_seconds": timing["store_s"],
+            "sae_seconds": timing["sae_s"],
+        }
+        if arch == "batchtopk":
+            summary["threshold"] = float(sae.threshold)
+        _write_json(out / TRAINING_FILE, summary)
+        _save(sae, out, summary)
+    return sae
+
+
+def _speeds(timing: dict[str, float], tokens: int) -> dict[str, float]:
+    total = timing["store_s"] + timing["sae_s"]
+    return {
+        "tokens_per_s": tokens / max(total, 1e-9),
+        "store_tokens_per_s": tokens / max(timing["store_s"], 1e-9),
+        "sae_tokens_per_s": tokens / max(timing["sae_s"], 1e-9),
+    }
+
+
+def _save(sae: SparseAutoencoder, out: Path, summary: dict[str, Any]) -> None:
+    from gridlens.sae.io import save_sae
+
+    save_sae(sae, out, training=summary)
+
+
+def _prepare(
+    out: Path | None, sae_cfg: SAEConfig, train_cfg: SAETrainConfig, resume: bool | str | Path
+) -> dict[str, Any] | None:
+    """Check the output directory against `resume`; return the state to resume from."""
+    if out is None:
+        if resume:
+            raise ConfigError("resume needs an output directory")
+        return None
+    if resume:
+        path = Path(resume) if isinstance(resume, str | Path) else ckpt.latest_checkpoint(out)
+        if path is None:
+            raise CheckpointError(
+                f"{out}: resume asked for but no checkpoint in {out / 'checkpoints'}"
+            )
+        state = ckpt.load_checkpoint(path)
+        for key in ("store", "since_fired", "scale", "resample_rng"):
+            if key not in state:
+                raise CheckpointError(f"{path}: not an SAE training checkpoint (no {key!r})")
+        saved = state["config"]
+        diffs = _config_differences(saved.get("sae", {}), sae_cfg.to_dict())
+        diffs += _config_differences(saved.get("train", {}), train_cfg.to_dict())
+        if diffs:
+            raise ConfigError(
+                f"{path}: cannot resume, the configuration differs from the checkpoint's: "
+                + "; ".join(diffs)
+            )
+        return state
+    if ckpt.list_checkpoints(out) or (out / TRAINING_FILE).exists():
+        raise ConfigError(
+            f"{out}: already holds an SAE training run; pass --resume to continue it or "
+            "choose another --out"
+        )
+    return None
+
+
+@torch.no_grad()
+def _initialise(sae: SparseAutoencoder, store, cfg: SAETrainConfig, device: torch.device) -> float:
+    """The activation scale and b_dec, from the store's first buffer (not consumed)."""
+    sample = store.peek(min(cfg.batch_size * 4, 16384)) if hasattr(store, "peek") else None
+    if sample is None:
+        raise ConfigError("the activation store must offer peek(n) to initialise the SAE")
+    sample = sample.to(device).float()
+    scale = 1.0
+    if cfg.normalize_activations:
+        mean_sq = float(sample.pow(2).sum(-1).mean())
+        if not math.isfinite(mean_sq) or mean_sq <= 0:
+            raise ConfigError(f"activations at {sae.cfg.hook_name} are all zero or not finite")
+        scale = math.sqrt(sample.shape[-1] / mean_sq)
+    sample = sample * scale
+    if cfg.b_dec_init == "geometric_median":
+        sae.b_dec.copy_(geometric_median(sample[:4096]))
+    elif cfg.b_dec_init == "mean":
+        sae.b_dec.copy_(sample.mean(0))
+    if sae.cfg.architecture != "relu":
+        sae.normalize_decoder()
+    return scale

@@ -1,0 +1,250 @@
+"""The report: the HTML builder's guarantees, a tiny report built end to end (every figure on
+disk and referenced relatively, every number in report.json), and the page opened from disk in
+a real headless Chromium (no broken image, the sections there, a non-blank screenshot)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gridlens.errors import ConfigError, GridlensError
+from gridlens.report import build_report
+from gridlens.report.build import STAGES, ReportError
+from gridlens.report.html import Figure, Page, Section, Table
+
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+TASKS = "frame,contact"
+
+
+# ------------------------------------------------------------------------- the HTML builder
+
+
+def _png(path: Path, colour=(200, 30, 30)) -> None:
+    Image.new("RGB", (40, 30), colour).save(path)
+
+
+def test_page_escapes_text_and_links_sections(tmp_path):
+    _png(tmp_path / "a.png")
+    page = Page(
+        "t <&> report",
+        meta=[("model", "x<y")],
+        sections=[
+            Section("Ablation & more", howto="a < b", findings=["L0 > L1 by 3x"]).add(
+                Figure("a.png", "cap"), Table(["k", "v"], [["<b>", 1]])
+            ),
+            Section("Ablation & more"),  # a second section of the same title: its own anchor
+        ],
+    )
+    path = page.write(tmp_path)
+    text = path.read_text()
+    assert "<title>t &lt;&amp;&gt; report</title>" in text
+    assert "x&lt;y" in text and "&lt;b&gt;" in text and "<b>" not in text
+    assert "L0 &gt; L1 by 3x" in text
+    ids = re.findall(r'<section id="([^"]+)"', text)
+    links = re.findall(r'<a href="#([^"]+)"', text)
+    assert ids == links == ["ablation-more", "ablation-more-2"]
+    assert re.findall(r'<img src="([^"]+)"', text) == ["a.png"]
+    assert "<script" not in text
+
+
+@pytest.mark.parametrize("src", ["/tmp/a.png", "../a.png", "C:/a.png", "http://x/a.png"])
+def test_figures_must_be_relative_inside_the_folder(src):
+    with pytest.raises(ConfigError, match="relative path"):
+        Figure(src)
+
+
+def test_a_missing_figure_or_ragged_table_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"figures missing.*gone\.png"):
+        Page("x", sections=[Section("s").add(Figure("gone.png"))]).write(tmp_path)
+    assert not (tmp_path / "index.html").exists()
+    with pytest.raises(ConfigError, match="2 cells"):
+        Table(["a", "b", "c"], [[1, 2]])
+
+
+# ------------------------------------------------------------------------- a tiny report
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("rep") / "report"
+    folder = build_report(out=out, tasks=TASKS, size="tiny", seed=1, progress=False)
+    assert folder == out
+    return out
+
+
+def test_folder_is_self_contained(report):
+    text = (report / "index.html").read_text()
+    sources = re.findall(r'<img src="([^"]+)"', text)
+    pngs = sorted(p.name for p in report.glob("*.png"))
+    assert sorted(sources) == pngs and len(pngs) >= 12  # every figure shown, none missing
+    for name in pngs:
+        with Image.open(report / name) as image:
+            assert image.format == "PNG" and min(image.size) > 50
+    assert "<script" not in text and 'src="/' not in text and "://" not in text.split("<main>")[1]
+    assert not [p for p in report.parent.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_report_json_holds_every_result(report):
+    data = json.loads((report / "report.json").read_text())
+    assert data["format"] == "gridlens.report"
+    assert set(data["timings_s"]) == {name for name, _ in STAGES} | {"total"}
+    assert data["timings_s"]["total"] >= sum(
+        v for k, v in data["timings_s"].items() if k != "total"
+    )
+    assert set(data["cpu_s"]) == set(data["timings_s"])
+    assert {"gridlens", "torch", "numpy", "python"} <= set(data["versions"])
+    assert data["options"]["tasks"] == ["frame", "contact"] and data["options"]["size"] == "tiny"
+    results = data["results"]
+    for key in (
+        "evaluation",
+        "ablation_layers_zero",
+        "ablation_layers_mean",
+        "ablation_heads_zero",
+        "ablation_heads_mean",
+        "attention",
+        "copy_scores",
+        "logit_lens",
+        "activation_patching",
+        "atp",
+        "atp_star",
+        "patching_agreement",
+        "generation_layer",
+        "generation_head",
+        "probes_changes",
+        "probes_roles",
+    ):
+        assert key in results, key
+    evaluation = results["evaluation"]
+    assert evaluation["overall"]["n"] == 1 * 4 * 2  # tiny: 1 quiz per task and structure
+    greedy = [evaluation["tasks"][t]["accuracy_greedy"] for t in ("frame", "contact")]
+    assert evaluation["overall"]["accuracy_greedy"] == pytest.approx(np.mean(greedy))
+    ablation = results["ablation_heads_mean"]
+    assert len(ablation["components"]) == 16 and ablation["n_quizzes"] == 2 * 2
+    assert data["summary"] and all(isinstance(s, str) for s in data["summary"])
+
+
+def test_the_page_shows_the_findings_and_the_evaluation(report):
+    data = json.loads((report / "report.json").read_text())
+    text = (report / "index.html").read_text()
+    import html
+
+    for lines in data["findings"].values():
+        for line in lines:
+            assert html.escape(line) in text
+    frame = data["results"]["evaluation"]["tasks"]["frame"]
+    assert f"<td>frame</td><td>{100 * frame['accuracy_greedy']:.1f}%</td>" in text
+
+
+def test_only_an_earlier_report_is_replaced(report, tmp_path):
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(ReportError, match="not a gridlens report"):
+        build_report(out=precious, tasks="frame", size="tiny", progress=False)
+    assert [p.name for p in precious.iterdir()] == ["notes.txt"]
+    with pytest.raises(GridlensError, match="unknown report size"):
+        build_report(out=tmp_path / "r", size="huge", progress=False)
+    with pytest.raises(GridlensError, match="unknown task"):
+        build_report(out=tmp_path / "r", tasks="fram", progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------------- in Chromium
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name) or (
+            f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None
+        )
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    binary = _chromium()
+    missing = None
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        missing = "selenium is not installed (pip install -e '.[dev]')"
+    if missing is None and (binary is None or not CHROMEDRIVER.exists()):
+        missing = (
+            f"no chromium ({binary}) or {CHROMEDRIVER} (apt-get install chromium chromium-driver)"
+        )
+    if missing:
+        if os.environ.get("GRIDLENS_REQUIRE_BROWSER"):
+            pytest.fail(f"GRIDLENS_REQUIRE_BROWSER is set but {missing}")
+        pytest.skip(f"browser test skipped: {missing}")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,1600",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    yield driver
+    driver.quit()
+
+
+def _broken_images(driver) -> list[str]:
+    """src of every image that did not load (not complete, or no natural width)."""
+    return driver.execute_script(
+        "return Array.from(document.images)"
+        ".filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute('src'));"
+    )
+
+
+def test_report_renders_in_chromium(browser, report):
+    from selenium.webdriver.common.by import By
+
+    browser.get((report / "index.html").resolve().as_uri())
+    assert browser.title == "gridlens report"
+    images = browser.find_elements(By.TAG_NAME, "img")
+    assert len(images) == len(list(report.glob("*.png")))
+    assert _broken_images(browser) == []
+    titles = [h.text for h in browser.find_elements(By.CSS_SELECTOR, "section > h2")]
+    for title in (
+        "Summary",
+        "Evaluation",
+        "Layer ablation",
+        "Head ablation",
+        "Attention heads",
+        "Direct paths and logit lens",
+        "Activation patching and attribution patching",
+        "Generation under ablation",
+        "Linear probes",
+        "About this report",
+    ):
+        assert title in titles, (title, titles)
+    toc = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "nav.toc a")]
+    assert toc == titles
+    shot = np.asarray(Image.open(io.BytesIO(browser.get_screenshot_as_png())).convert("L"), float)
+    assert shot.std() > 20  # text, tables and figures, not a blank page
+    assert (shot < 128).mean() > 0.01
+
+
+def test_chromium_check_catches_a_broken_image(browser, report, tmp_path):
+    """The broken-image check is not vacuous: remove one figure and it is reported."""
+    copy = tmp_path / "moved"
+    shutil.copytree(report, copy)  # a moved folder still works...
+    browser.get((copy / "index.html").resolve().as_uri())
+    assert _broken_images(browser) == []
+    (copy / "eval_bars.png").unlink()  # ...until a figure is missing
+    browser.get((copy / "index.html").resolve().as_uri())
+    assert _broken_images(browser) == ["eval_bars.png"]
