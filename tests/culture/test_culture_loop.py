@@ -121,6 +121,18 @@ def test_original_c_quizzes_layout_round_trips_and_imports(tmp_path):
     assert (reopened.culture.generator[8:] == -1).all()
 
 
+def test_the_loop_policy_may_change_on_resume_and_the_change_is_recorded(tmp_path):
+    loop.run_culture(CFG.replace(rounds=1), tmp_path, progress=False, echo=lambda *_: None)
+    stricter = CFG.replace(rounds=2, accuracy_threshold=0.5, max_fail=1)
+    loop.run_culture(stricter, tmp_path, resume=True, progress=False, echo=lambda *_: None)
+    saved = json.loads((tmp_path / "culture.json").read_text())
+    assert saved["config"]["accuracy_threshold"] == 0.5
+    (change,) = saved["policy_changes"]
+    assert change["round"] == 1 and len(change["changes"]) == 2
+    # round 1 ran under the new threshold: accuracies were 0 < 0.5, so no culture round
+    assert "culture" not in loop.read_history(tmp_path)[1]
+
+
 def test_report_writes_figures_and_json(tmp_path):
     loop.run_culture(CFG.replace(rounds=2), tmp_path, progress=False, echo=lambda *_: None)
     summary = culture_report(tmp_path, tmp_path / "report")
@@ -138,6 +150,8 @@ def test_foreign_or_damaged_population_folders_are_clear_errors(tmp_path):
         loop.run_culture(CFG, tmp_path, progress=False)
     with pytest.raises(ConfigError, match="k: 3 vs 4"):
         loop.run_culture(CFG.replace(k=4), tmp_path, resume=True, progress=False)
+    with pytest.raises(ConfigError, match="lr: "):
+        loop.run_culture(CFG.replace(lr=1.0), tmp_path, resume=True, progress=False)
     part = tmp_path / "culture" / "round_00000.safetensors"
     part.write_bytes(part.read_bytes()[:100])
     with pytest.raises(CheckpointError, match=r"round_00000\.safetensors: corrupted"):

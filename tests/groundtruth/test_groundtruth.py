@@ -216,20 +216,68 @@ def test_losses_weights_applied_once(tiny):
     iit_m, strict_m = iit.sample_masks(b, 16, "half", gen)
     vals = b.run_high_level(x)
     labels = vals["output"]
-    src = x.flip(0)
-    src_vals = {k: v.flip(0) for k, v in vals.items()}
-    losses = iit.siit_losses(model, b, x, labels, src, src_vals, iit_m, strict_m, (0.3, 1.7, 0.5))
+    perm = torch.arange(15, -1, -1)  # sources: the batch reversed
+    losses = iit.siit_losses(model, b, x, vals, perm, iit_m, strict_m, (0.3, 1.7, 0.5))
     expect = 0.3 * losses.behaviour + 1.7 * losses.iit + 0.5 * losses.strict
     assert torch.allclose(losses.total, expect)
     assert torch.allclose(losses.behaviour, iit.masked_ce(model(x), labels), atol=1e-6)
-    # the IIT loss is the CE against the high-level counterfactual of the same patched run
-    cache = iit.source_cache(model, src, iit.hooks_needed(b))
+    # the IIT and strict losses equal separate runs with the sources' activations cached by
+    # their own forward pass, against the high-level counterfactual and the base labels
+    src_vals = {k: v[perm] for k, v in vals.items()}
+    cache = iit.source_cache(model, x[perm], iit.hooks_needed(b))
     masks = {n.site: m for n, m in zip(b.nodes, iit_m, strict=True)}
     logits = iit.run_patched(model, x, cache, masks)
     target = iit.hl_interchange(b, x, src_vals, iit_m)
     assert torch.allclose(losses.iit, iit.masked_ce(logits, target), atol=1e-5)
-    only_b = iit.siit_losses(model, b, x, labels, src, src_vals, iit_m, strict_m, (2.0, 0, 0))
+    strict = iit.run_patched(model, x, cache, dict(zip(b.unused, strict_m, strict=True)))
+    assert torch.allclose(losses.strict, iit.masked_ce(strict, labels), atol=1e-5)
+    only_b = iit.siit_losses(model, b, x, vals, perm, iit_m, strict_m, (2.0, 0, 0))
     assert torch.allclose(only_b.total, 2.0 * only_b.behaviour)
+
+
+def test_sources_carry_no_gradient(tiny):
+    # reading sources from the clean rows must give the gradient of a separate no-grad cache
+    b, model, x = tiny
+    gen = torch.Generator().manual_seed(1)
+    iit_m, _ = iit.sample_masks(b, 16, "half", gen)
+    no_strict = [torch.zeros(16, dtype=torch.bool) for _ in b.unused]
+    vals = b.run_high_level(x)
+    perm = torch.arange(15, -1, -1)
+    model.zero_grad(set_to_none=True)
+    iit.siit_losses(model, b, x, vals, perm, iit_m, no_strict, (0, 1, 0)).total.backward()
+    with_self = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    cache = iit.source_cache(model, x[perm], iit.hooks_needed(b))
+    masks = {n.site: m for n, m in zip(b.nodes, iit_m, strict=True)}
+    target = iit.hl_interchange(b, x, {k: v[perm] for k, v in vals.items()}, iit_m)
+    iit.masked_ce(iit.run_patched(model, x, cache, masks), target).backward()
+    for g, p in zip(with_self, model.parameters(), strict=True):
+        assert torch.allclose(g, p.grad, atol=1e-6)
+    model.zero_grad(set_to_none=True)
+
+
+def test_informative_sources_change_the_output_more_often():
+    # left_greater: interchanging `elevation` makes the output the source's label, so an
+    # interchange is informative exactly where the two labels differ
+    b = single_benchmark("left_greater", n_ctx=8, **TINY)
+    x, _ = b.generate(256, np.random.default_rng(0))
+    vals = b.run_high_level(x)
+    labels = vals["output"]
+    iit_m = [torch.ones(256, dtype=torch.bool), torch.zeros(256, dtype=torch.bool)]
+    gen = torch.Generator().manual_seed(0)
+    first = torch.randperm(256, generator=gen)
+    uniform = iit.choose_sources(b, x, vals, iit_m, first, 0.0, 4, gen)
+    assert torch.equal(uniform, first)
+    picked = iit.choose_sources(b, x, vals, iit_m, first, 1.0, 8, gen)
+
+    def changed(src):  # mean number of positions whose label the interchange changes
+        return float((labels[src] != labels).sum(1).float().mean())
+
+    # the chosen source maximises the count among 8 draws: far above a uniform draw
+    assert changed(picked) > changed(uniform) + 1.0
+    half = iit.choose_sources(b, x, vals, iit_m, first, 0.5, 8, gen)
+    changed_u, changed_h, changed_p = changed(uniform), changed(half), changed(picked)
+    assert changed_u < changed_h < changed_p
 
 
 def test_strict_sampling_modes(tiny):
@@ -243,6 +291,10 @@ def test_strict_sampling_modes(tiny):
     assert torch.stack(every).all()
     with pytest.raises(ConfigError):
         iit.TrainConfig(strict_mode="some")
+    with pytest.raises(ConfigError, match="informative"):
+        iit.TrainConfig(informative=1.5)
+    with pytest.raises(ConfigError, match="candidates"):
+        iit.TrainConfig(candidates=0)
 
 
 def test_iia_and_siia_of_a_model_that_ignores_the_site(tiny):
@@ -269,6 +321,27 @@ def test_iia_and_siia_of_a_model_that_ignores_the_site(tiny):
     valid = target >= 0
     expect = float((pred == target)[valid].float().mean())
     assert res["iia_per_node"]["L0H0"] == pytest.approx(expect)
+
+
+def test_class_weights_by_hand():
+    labels = torch.tensor([[-1, 0, 0, 0, 1]])
+    assert iit.class_weights(labels, 3, 0.0) is None
+    w = iit.class_weights(labels, 3, 1.0)  # 1/0.75 and 1/0.25, scaled so w . freq = 1
+    assert torch.allclose(w, torch.tensor([2 / 3, 2.0, 0.0]))
+    logits = torch.randn(1, 5, 3)
+    nll = -logits.log_softmax(-1)[0, 1:].gather(-1, labels[0, 1:, None])[:, 0]
+    per = w[labels[0, 1:]]
+    expect = (nll * per).sum() / per.sum()
+    assert torch.allclose(iit.masked_ce(logits, labels, w), expect, atol=1e-6)
+    with pytest.raises(ConfigError, match="class_balance"):
+        iit.TrainConfig(class_balance=-1)
+
+
+def test_train_config_recipes():
+    assert iit.train_config("left_greater") == iit.TrainConfig()
+    cfg = iit.train_config("unique_extractor", max_epochs=None, seed=3)
+    assert cfg.betas == (0.9, 0.999) and cfg.max_epochs == 80 and cfg.seed == 3
+    assert iit.train_config("unique_extractor", betas=(0.5, 0.5)).betas == (0.5, 0.5)
 
 
 def test_tiny_training_runs_and_resumes(tmp_path):

@@ -84,13 +84,33 @@ class CultureConfig:
     def replace(self, **changes: Any) -> CultureConfig:
         return replace(self, **changes)
 
-    def differences(self, other: CultureConfig, ignore: tuple[str, ...] = ("rounds",)) -> list[str]:
-        """Settings that differ (a population resumes only under the settings it started with)."""
+    def differences(self, other: CultureConfig, ignore: tuple[str, ...] = ()) -> list[str]:
+        """Settings that differ, as 'name: old vs new'."""
         return [
             f"{f.name}: {getattr(self, f.name)!r} vs {getattr(other, f.name)!r}"
             for f in fields(self)
             if f.name not in ignore and getattr(self, f.name) != getattr(other, f.name)
         ]
+
+
+#: Settings of the loop's policy (when and how culture is made, how long to run): a resumed
+#: population may change them, like the original's command-line arguments; the change is
+#: recorded. Every other setting defines the models and their data and must stay.
+POLICY = (
+    "rounds",
+    "accuracy_threshold",
+    "culture_train",
+    "culture_test",
+    "candidates_per_model",
+    "max_attempts",
+    "temperature_hot",
+    "temperature_cold",
+    "proba_understands",
+    "proba_not_understands",
+    "min_fail",
+    "max_fail",
+    "noise_rounds",
+)
 
 
 PRESETS_CULTURE: dict[str, CultureConfig] = {
@@ -106,11 +126,13 @@ PRESETS_CULTURE: dict[str, CultureConfig] = {
         accuracy_threshold=0.95,
         rounds=1_000,
     ),
-    # a CPU population that completes rounds in minutes: tiny models, two easy tasks
+    # a CPU population whose rounds take seconds: tiny models, one task, 6 x 6 grids
     "cpu": CultureConfig(
         k=3,
         model="tiny",
-        tasks="frame,replace_color",
+        tasks="frame",
+        height=6,
+        width=6,
         train_quizzes=2_000,
         test_quizzes=100,
         batch_size=50,
@@ -121,7 +143,7 @@ PRESETS_CULTURE: dict[str, CultureConfig] = {
         candidates_per_model=50,
         max_attempts=6,
         max_fail=1,
-        rounds=12,
+        rounds=400,
     ),
 }
 

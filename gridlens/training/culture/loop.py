@@ -36,7 +36,7 @@ from gridlens.io import atomic_write
 from gridlens.models import GridGPT
 from gridlens.models.generate import complete, last_grid_positions
 from gridlens.training.culture import candidates as cd
-from gridlens.training.culture.config import FORMAT, VERSION, CultureConfig
+from gridlens.training.culture.config import FORMAT, POLICY, VERSION, CultureConfig
 from gridlens.training.culture.store import (
     LABELS,
     NOVEL,
@@ -109,13 +109,20 @@ class Population:
                     f"(format {saved.get('format')!r}, version {saved.get('version')!r})"
                 )
             old = CultureConfig.from_dict(saved.get("config", {}), str(index))
-            diffs = old.differences(cfg)
+            diffs = old.differences(cfg, ignore=POLICY)
             if diffs:
                 raise ConfigError(
                     f"{out}: this population was made with other settings: " + "; ".join(diffs)
                 )
             population = cls(out, cfg, device)
             population._load_state()
+            changed = old.differences(cfg, ignore=("rounds",))
+            if changed:  # a new loop policy from this round on: recorded beside the settings
+                saved["config"] = cfg.to_dict()
+                saved.setdefault("policy_changes", []).append(
+                    {"round": population.round, "changes": changed}
+                )
+                _write_json(index, saved)
             return population
         out.mkdir(parents=True, exist_ok=True)
         _write_json(index, {"format": FORMAT, "version": VERSION, "config": cfg.to_dict()})
