@@ -20,11 +20,10 @@ the ranking is scored by ROC AUC against the sites the correspondence uses.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
 
 from gridlens.errors import ConfigError
 from gridlens.groundtruth.iit import _acc, patch_hooks, source_cache
@@ -34,54 +33,15 @@ from gridlens.groundtruth.spec import Benchmark, Site, _mlp_group, all_component
 
 
 def linear_assignment(score: np.ndarray, maximize: bool = True) -> list[tuple[int, int]]:
-    """Optimal one-to-one assignment of rows to columns (Hungarian algorithm, O(n^2 m)).
-    Returns (row, col) pairs, one per row if rows <= cols (else one per column)."""
+    """Optimal one-to-one assignment of rows to columns (scipy's Hungarian solver), as sorted
+    (row, col) pairs: one per row if rows <= cols, else one per column."""
     a = np.asarray(score, dtype=float)
     if a.ndim != 2:
         raise ConfigError(f"linear_assignment needs a 2-d matrix, got shape {a.shape}")
     if a.size == 0:
         return []
-    transposed = a.shape[0] > a.shape[1]
-    if transposed:
-        a = a.T
-    cost = -a if maximize else a
-    n, m = cost.shape
-    inf = math.inf
-    u, v = np.zeros(n + 1), np.zeros(m + 1)
-    p = np.zeros(m + 1, dtype=int)  # p[j]: row (1-based) matched to column j
-    way = np.zeros(m + 1, dtype=int)
-    for i in range(1, n + 1):
-        p[0] = i
-        j0 = 0
-        minv = np.full(m + 1, inf)
-        used = np.zeros(m + 1, dtype=bool)
-        while True:
-            used[j0] = True
-            i0 = p[j0]
-            free = ~used[1:]
-            cur = cost[i0 - 1] - u[i0] - v[1:]
-            better = free & (cur < minv[1:])
-            minv[1:][better] = cur[better]
-            way[1:][better] = j0
-            cand = np.where(free, minv[1:], inf)
-            j1 = int(np.argmin(cand)) + 1
-            delta = cand[j1 - 1]
-            u[p[used]] += delta
-            v[used] -= delta
-            minv[~used] -= delta
-            j0 = j1
-            if p[j0] == 0:
-                break
-        while True:
-            j1 = way[j0]
-            p[j0] = p[j1]
-            j0 = j1
-            if j0 == 0:
-                break
-    pairs = [(int(p[j]) - 1, j - 1) for j in range(1, m + 1) if p[j] != 0]
-    if transposed:
-        pairs = [(c, r) for r, c in pairs]
-    return sorted(pairs)
+    rows, cols = linear_sum_assignment(a, maximize=maximize)
+    return sorted(zip(rows.tolist(), cols.tolist(), strict=True))
 
 
 # ----------------------------------------------------------------------------- F1 and AUC
