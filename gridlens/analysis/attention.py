@@ -13,7 +13,6 @@ the query position.
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 
 from gridlens.analysis.core import ComponentError, QuizSet, component_names, parse_component
 from gridlens.errors import ConfigError, TokenError
-from gridlens.io import atomic_write
+from gridlens.plotting import pyplot, save_figure
 from gridlens.world.tokens import COLOR_RGB, N_COLORS, TOKEN_TO_GRID, grid_size_from_length
 
 #: Categories of attended keys, in priority order (a key belongs to the first that matches).
@@ -118,24 +117,6 @@ def _patterns(model, tokens: torch.Tensor, layers: list[int]) -> dict[int, torch
     return {layer: cache[name].float().cpu() for layer, name in zip(layers, names, strict=True)}
 
 
-def _save(fig, path) -> Path:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 # ---------------------------------------------------------------------- classification
 
 
@@ -225,7 +206,7 @@ class HeadClassification:
 
     def plot(self, path) -> Path:
         """Heads x categories heat map of the predicted-grid attention mass."""
-        plt = _pyplot()
+        plt = pyplot()
         n = len(self.heads)
         fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(self.categories), 1.5 + 0.32 * n))
         im = ax.imshow(self.mass_predicted, cmap="viridis", vmin=0, vmax=1, aspect="auto")
@@ -242,7 +223,7 @@ class HeadClassification:
         fig.colorbar(im, ax=ax, label="attention mass (predicted-grid queries)")
         ax.set_title("Attention mass by key category, per head")
         fig.tight_layout()
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def _row(values: np.ndarray, categories: tuple[str, ...]) -> dict[str, float]:
@@ -359,7 +340,7 @@ def plot_pattern(model, tokens: torch.Tensor, head: str, path, query: int | None
     grids = tokens[0].reshape(4, grid_len)
     names = [TOKEN_TO_GRID.get(int(m), "?") for m in grids[:, 0]]
 
-    plt = _pyplot()
+    plt = pyplot()
     fig = plt.figure(figsize=(16, 7))
     spec = fig.add_gridspec(2, 7, width_ratios=[1, 1, 1, 1, 0.07, 0.45, 2.1])
     vmax = max(float(np.nanmax(weights.numpy())), 1e-6)
@@ -400,7 +381,7 @@ def plot_pattern(model, tokens: torch.Tensor, head: str, path, query: int | None
         f"top offset {int(q - row.argmax())} ({float(row.max()):.2f})",
         fontsize=10,
     )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _top_cells(weights: torch.Tensor, width: int, vmax: float):

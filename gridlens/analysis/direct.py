@@ -9,7 +9,6 @@ sum of per-component terms (embedding, positions, each head, each MLP, the reado
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,26 +18,8 @@ import torch.nn.functional as F
 
 from gridlens.analysis.core import QuizSet, component_names, per_task, predicted_cells
 from gridlens.errors import ConfigError
-from gridlens.io import atomic_write
+from gridlens.plotting import pyplot, save_figure
 from gridlens.world.tokens import N_COLORS, grid_size_from_length
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path) -> Path:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
 
 
 def _batches(model, quizzes: QuizSet, names: list[str], batch_size: int):
@@ -140,7 +121,7 @@ class DirectPathResult:
     def plot(self, path) -> Path:
         """Every head's direct-path matrix (rows centred: a constant per row is irrelevant to
         the softmax), titled with its copy and trace scores."""
-        plt = _pyplot()
+        plt = pyplot()
         layers = len({h.split("H")[0] for h in self.heads})
         per = len(self.heads) // layers
         fig, axes = plt.subplots(
@@ -161,7 +142,7 @@ class DirectPathResult:
         fig.supylabel("attended token")
         fig.suptitle("Direct path embedding -> LN1 -> OV -> unembedding, per head")
         fig.tight_layout()
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def ln_scales(model, quizzes: QuizSet, batch_size: int = 64) -> torch.Tensor:
@@ -336,7 +317,7 @@ class LogitLensResult:
 
     def plot(self, path) -> Path:
         """Left: accuracy per site per task; right: DLA per component (all tasks)."""
-        plt = _pyplot()
+        plt = pyplot()
         fig, (left, right) = plt.subplots(
             1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1, 1.4]}
         )
@@ -362,7 +343,7 @@ class LogitLensResult:
         )
         right.set_ylabel("contribution to correct - mean logit")
         fig.tight_layout()
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def logit_lens(

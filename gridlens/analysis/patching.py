@@ -23,7 +23,6 @@ through ordinary hooks, the plain way (tests check one against the other).
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import time
@@ -44,6 +43,7 @@ from gridlens.analysis.core import (
 from gridlens.analysis.pairs import PAIR_KINDS, PairError, PairSet, as_tokens, make_pairs
 from gridlens.errors import ConfigError, unknown_name
 from gridlens.io import atomic_write
+from gridlens.plotting import pyplot, save_figure
 from gridlens.world.tokens import GRID_NAMES
 
 __all__ = [
@@ -272,7 +272,7 @@ class PatchingResult:
 
     def plot(self, path) -> Path:
         """Heat map layer x head (heads), layer x position block (resid), else the top bars."""
-        plt = _pyplot()
+        plt = pyplot()
         s = self.scores["all"]
         kinds = {_kind(c) for c in self.components}
         title = f"{self.method} ({self.pair_kind} pairs): restored fraction, all tasks"
@@ -315,7 +315,7 @@ class PatchingResult:
             ax.set_xlabel("restored fraction of the clean log-prob")
         ax.set_title(title, fontsize=9)
         fig.tight_layout()
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def _kind(name: str) -> str:
@@ -336,24 +336,6 @@ def _heat(fig, ax, grid, xlabel, ylabel, xticks):
     if xticks is not None:
         ax.set_xticks(range(len(xticks)), [str(x) for x in xticks])
     ax.set_yticks(range(grid.shape[0]))
-
-
-def _save(fig, path) -> Path:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 # ---------------------------------------------------------------- metric and scoring

@@ -20,8 +20,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from gridlens.errors import ConfigError
-from gridlens.io import atomic_write
 from gridlens.models.generate import last_grid_positions
+from gridlens.plotting import pyplot, save_figure
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -129,11 +129,7 @@ class UniversalityResult:
         ]
 
     def plot(self, path: str | Path) -> Path:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
         bins = np.linspace(0, 1, 41)
         left.hist(self.trained.max_match, bins, alpha=0.7, label="trained B")
@@ -149,10 +145,7 @@ class UniversalityResult:
         right.legend(fontsize=8)
         fig.suptitle(f"universality at {self.site}")
         fig.tight_layout()
-        out = Path(path)
-        atomic_write(out, lambda handle: fig.savefig(handle, format="png", dpi=110))
-        plt.close(fig)
-        return out
+        return save_figure(fig, path)
 
 
 def compare_units(
@@ -215,11 +208,7 @@ def pairwise(models: Sequence, measure: Callable[[Any, Any], UniversalityResult]
 
 def plot_pairwise(matrix: np.ndarray, path: str | Path, title: str) -> Path:
     """Heat map of a [K, K] pairwise universality matrix."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     k = len(matrix)
     fig, ax = plt.subplots(figsize=(1.2 * k + 2, 1.2 * k + 1.5))
     image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
@@ -233,7 +222,4 @@ def plot_pairwise(matrix: np.ndarray, path: str | Path, title: str) -> Path:
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, label="mean max-match")
     fig.tight_layout()
-    out = Path(path)
-    atomic_write(out, lambda handle: fig.savefig(handle, format="png", dpi=110))
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from gridlens.analysis.core import QuizSet, grid_metrics, per_task, predicted_cells
 from gridlens.errors import ConfigError
-from gridlens.sae.features import save_figure
+from gridlens.plotting import save_figure
 
 
 def _hooks(sae, edit: Callable | None, positions, keep_error: bool = True) -> list:

@@ -18,25 +18,12 @@ import torch
 
 from gridlens.analysis.core import QuizSet
 from gridlens.errors import ConfigError
-from gridlens.io import atomic_write
+from gridlens.plotting import save_figure
 from gridlens.sae.activations import check_site, position_mask
 from gridlens.world.tokens import COLOR_NAMES, TOKEN_TO_GRID
 
 TOKEN_NAMES: tuple[str, ...] = COLOR_NAMES + tuple(TOKEN_TO_GRID[t] for t in range(11, 15))
 """Names of the 15 tokens: colours 0..10, then the markers A, f_A, B, f_B."""
-
-
-def save_figure(fig, path: str | Path) -> Path:
-    """Save a matplotlib figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise ConfigError(f"figure path {str(path)!r} must end in .png")
-    try:
-        return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
-    finally:
-        plt.close(fig)
 
 
 def recorded_positions(positions: str | np.ndarray | torch.Tensor, length: int) -> np.ndarray:

@@ -18,7 +18,8 @@ import numpy as np
 
 from gridlens.errors import ConfigError
 from gridlens.io import atomic_write
-from gridlens.sae.features import TOKEN_NAMES, FeatureActivations, save_figure
+from gridlens.plotting import save_figure
+from gridlens.sae.features import TOKEN_NAMES, FeatureActivations
 from gridlens.world import structures as st
 from gridlens.world.tokens import COLOR_NAMES, GRID_NAMES, TOKEN_TO_GRID
 

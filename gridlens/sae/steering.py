@@ -23,7 +23,8 @@ import torch
 from gridlens.analysis.core import QuizSet
 from gridlens.errors import ConfigError
 from gridlens.models.generate import complete
-from gridlens.sae.features import recorded_positions, save_figure
+from gridlens.plotting import save_figure
+from gridlens.sae.features import recorded_positions
 from gridlens.world import get_task
 from gridlens.world.structures import to_forward_tokens
 from gridlens.world.tasks import resolve_tasks

@@ -13,6 +13,7 @@ from typing import Any
 
 from gridlens.errors import ConfigError
 from gridlens.io import atomic_write
+from gridlens.plotting import pyplot, save_figure
 from gridlens.training.culture.config import CultureConfig
 from gridlens.training.culture.loop import _read_json, read_history
 from gridlens.training.culture.store import NOVEL, CultureSet, culture_path, load_part
@@ -86,11 +87,7 @@ def findings(summary: dict[str, Any]) -> list[str]:
 
 def plot_rounds(cfg: CultureConfig, history: list, path: Path) -> Path:
     """Accuracy of each model per round (culture rounds marked), and culture round counts."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     rounds = [row["round"] for row in history]
     for k in range(cfg.k):
@@ -112,9 +109,7 @@ def plot_rounds(cfg: CultureConfig, history: list, path: Path) -> Path:
     bottom.set_ylabel("quizzes per culture round")
     bottom.legend(fontsize=7)
     fig.tight_layout()
-    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def gallery(cfg: CultureConfig, culture: CultureSet, out: Path, per_label: int = 6) -> list[Path]:
