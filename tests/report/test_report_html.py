@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import start_chromium
 from PIL import Image
 
 from gridlens.errors import ConfigError, GridlensError
@@ -20,7 +20,6 @@ from gridlens.report import build_report
 from gridlens.report.build import STAGES, ReportError
 from gridlens.report.html import Figure, Page, Section, Table
 
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 TASKS = "frame,contact"
 
 
@@ -160,44 +159,9 @@ def test_only_an_earlier_report_is_replaced(report, tmp_path):
 # ------------------------------------------------------------------------- in Chromium
 
 
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name) or (
-            f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None
-        )
-        if found:
-            return found
-    return None
-
-
 @pytest.fixture(scope="module")
 def browser():
-    binary = _chromium()
-    missing = None
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        missing = "selenium is not installed (pip install -e '.[dev]')"
-    if missing is None and (binary is None or not CHROMEDRIVER.exists()):
-        missing = (
-            f"no chromium ({binary}) or {CHROMEDRIVER} (apt-get install chromium chromium-driver)"
-        )
-    if missing:
-        if os.environ.get("GRIDLENS_REQUIRE_BROWSER"):
-            pytest.fail(f"GRIDLENS_REQUIRE_BROWSER is set but {missing}")
-        pytest.skip(f"browser test skipped: {missing}")
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--window-size=1280,1600",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver = start_chromium()
     yield driver
     driver.quit()
 

@@ -4,51 +4,19 @@ loads, links between pages work, with no server and no JavaScript needed by the 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from pathlib import Path
 
 import pytest
+from conftest import start_chromium
 from sae_feature_helpers import random_sae
 
 from gridlens.analysis.core import quiz_set
 from gridlens.models.checkpoints import load
 from gridlens.sae.dashboard import latent_page, write_dashboard
 
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-
-
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
 
 @pytest.fixture(scope="module")
 def browser():
-    binary = _chromium()
-    missing = None
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        missing = "selenium is not installed"
-    if missing is None and (binary is None or not CHROMEDRIVER.exists()):
-        missing = f"chromium ({binary}) or {CHROMEDRIVER} not found"
-    if missing:
-        if os.environ.get("GRIDLENS_REQUIRE_BROWSER"):
-            pytest.fail(f"GRIDLENS_REQUIRE_BROWSER is set but {missing}")
-        pytest.skip(f"browser test skipped: {missing}")
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(flag)
-    options.add_experimental_option(
-        "prefs", {"profile.managed_default_content_settings.javascript": 2}
-    )
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver = start_chromium(javascript=False)
     yield driver
     driver.quit()
 
