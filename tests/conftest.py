@@ -22,7 +22,7 @@ def reference_dir() -> Path:
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 
-def start_chromium(javascript: bool = True, window: str = "1280,1600"):
+def _start_chromium(javascript: bool, window: str = "1280,1600"):
     """A headless Chromium WebDriver; skips the test when the browser or selenium is missing,
     unless GRIDLENS_REQUIRE_BROWSER is set (as `make test` does), which makes it a failure."""
     binary = next(
@@ -53,3 +53,19 @@ def start_chromium(javascript: bool = True, window: str = "1280,1600"):
             "prefs", {"profile.managed_default_content_settings.javascript": 2}
         )
     return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium for the report's pages."""
+    driver = _start_chromium(javascript=True)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def browser_without_javascript():
+    """Headless Chromium with JavaScript off: pages that must work as plain HTML."""
+    driver = _start_chromium(javascript=False)
+    yield driver
+    driver.quit()

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import start_chromium
 from PIL import Image
 
 from gridlens.errors import ConfigError, GridlensError
@@ -157,13 +156,6 @@ def test_only_an_earlier_report_is_replaced(report, tmp_path):
 
 
 # ------------------------------------------------------------------------- in Chromium
-
-
-@pytest.fixture(scope="module")
-def browser():
-    driver = start_chromium()
-    yield driver
-    driver.quit()
 
 
 def _broken_images(driver) -> list[str]:

@@ -6,19 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import start_chromium
 from sae_feature_helpers import random_sae
 
 from gridlens.analysis.core import quiz_set
 from gridlens.models.checkpoints import load
 from gridlens.sae.dashboard import latent_page, write_dashboard
-
-
-@pytest.fixture(scope="module")
-def browser():
-    driver = start_chromium(javascript=False)
-    yield driver
-    driver.quit()
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +43,8 @@ def _images_loaded(driver) -> list[bool]:
     return [int(img.get_property("naturalWidth") or 0) > 0 for img in images]
 
 
-def test_pages_render_in_chromium(browser, dashboard):
+def test_pages_render_in_chromium(browser_without_javascript, dashboard):
+    browser = browser_without_javascript
     from selenium.webdriver.common.by import By
 
     _, index = dashboard
