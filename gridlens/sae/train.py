@@ -439,11 +439,7 @@ def train_sae(
     timing = {"store_s": 0.0, "sae_s": 0.0}
     start = 0
     if state is not None:
-        try:
-            sae.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as error:
-            raise CheckpointError(f"checkpoint does not fit the SAE/optimiser: {error}") from None
+        ckpt.restore(sae, optimizer, state, "SAE/optimiser")
         store.load_state_dict(state["store"])
         since_fired = state["since_fired"].to(device)
         resample_gen.set_state(state["resample_rng"])

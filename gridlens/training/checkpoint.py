@@ -66,6 +66,27 @@ def save_checkpoint(state: dict[str, Any], run_dir: str | Path, step: int, keep:
     return path
 
 
+#: What torch.load raises on a damaged, truncated or foreign file.
+UNREADABLE = (
+    RuntimeError,
+    EOFError,
+    pickle.UnpicklingError,
+    zipfile.BadZipFile,
+    ValueError,
+    OSError,
+    AttributeError,
+)
+
+
+def restore(module: torch.nn.Module, optimizer: Any, state: dict[str, Any], what: str) -> None:
+    """Load a checkpoint's "model" and "optimizer" entries; a mismatch is a CheckpointError."""
+    try:
+        module.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"checkpoint does not fit the {what}: {error}") from None
+
+
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     """Read a checkpoint safely (weights_only=True); a damaged or foreign file is a clear error."""
     p = Path(path)
@@ -73,15 +94,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         raise CheckpointError(f"{p}: no such checkpoint")
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
-    except (
-        RuntimeError,
-        EOFError,
-        pickle.UnpicklingError,
-        zipfile.BadZipFile,
-        ValueError,
-        OSError,
-        AttributeError,
-    ) as error:
+    except UNREADABLE as error:
         first = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
         others = [q for q in list_checkpoints(p.parent.parent) if q != p]
         hint = f"; an older one is {others[-1]} (pass it to --resume)" if others else ""

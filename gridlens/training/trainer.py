@@ -209,11 +209,7 @@ def _train(cfg, out, resume, stop_after, echo, world: dd.Dist, device) -> dict[s
     optimizer = make_optimizer(model, cfg)
     start = 0
     if state is not None:
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as error:
-            raise CheckpointError(f"checkpoint does not fit the model/optimiser: {error}") from None
+        ckpt.restore(model, optimizer, state, "model/optimiser")
         start = int(state["step"])
         if "rng" in state:
             ckpt.set_rng_state(state["rng"])

@@ -35,6 +35,7 @@ from gridlens.errors import CheckpointError, ConfigError
 from gridlens.io import atomic_write
 from gridlens.models import GridGPT
 from gridlens.models.generate import complete, last_grid_positions
+from gridlens.training.checkpoint import UNREADABLE, restore
 from gridlens.training.culture import candidates as cd
 from gridlens.training.culture.config import FORMAT, POLICY, VERSION, CultureConfig
 from gridlens.training.culture.store import (
@@ -166,15 +167,14 @@ class Population:
         for k, row in enumerate(rows):
             member = self._new_member(k)
             path = self.out / "models" / row["file"]
+            if not path.is_file():
+                raise CheckpointError(f"{path}: model file missing (state.json names it)")
             try:
                 payload = torch.load(path, map_location=self.device, weights_only=True)
-                member.model.load_state_dict(payload["model"])
-                member.optimizer.load_state_dict(payload["optimizer"])
-            except FileNotFoundError:
-                raise CheckpointError(f"{path}: model file missing (state.json names it)") from None
-            except (RuntimeError, KeyError, EOFError, ValueError, OSError) as error:
+            except UNREADABLE as error:
                 first = str(error).splitlines()[0][:200]
                 raise CheckpointError(f"{path}: corrupted model file ({first})") from None
+            restore(member.model, member.optimizer, payload, f"model {k} of {self.out}")
             member.epochs, member.accuracy = int(row["epochs"]), float(row["accuracy"])
             member.world_accuracy = float(row.get("world_accuracy", 0.0))
             member.culture_accuracy = row.get("culture_accuracy")

@@ -12,8 +12,6 @@ test list) of [n, 404] token tensors in the (A, f_A, B, f_B) order.
 from __future__ import annotations
 
 import json
-import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from safetensors.torch import save as st_save
 
 from gridlens.errors import CheckpointError, GridlensError
 from gridlens.io import atomic_write
+from gridlens.training.checkpoint import UNREADABLE
 from gridlens.world.tasks import TASKS
 from gridlens.world.tokens import validate_tokens
 
@@ -126,15 +125,7 @@ def load_original(path: str | Path, height: int = 10, width: int = 10):
         data = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
-    except (
-        RuntimeError,
-        EOFError,
-        pickle.UnpicklingError,
-        zipfile.BadZipFile,
-        ValueError,
-        OSError,
-        AttributeError,
-    ) as error:
+    except UNREADABLE as error:
         raise CheckpointError(f"{path}: not a readable c_quizzes.pth ({error})") from None
     if not (isinstance(data, tuple | list) and len(data) == 2):
         raise CheckpointError(
