@@ -173,12 +173,7 @@ def ablation_hooks(
 def _run_from(model, layer: int, resid: torch.Tensor, fwd_hooks) -> torch.Tensor:
     """Logits from the residual stream entering block `layer`, with `fwd_hooks` active: the
     blocks before it are not recomputed."""
-    active = model._active(model._collect(fwd_hooks))
-    model._hook_start = 0
-    x = resid
-    for index in range(layer, model.cfg.n_layers):
-        x = model._block(model.blocks[index], index, x, active, None, 0)
-    return model.unembed(x)
+    return model.unembed(model.run_blocks(resid, layer, fwd_hooks=fwd_hooks))
 
 
 @dataclass

@@ -473,7 +473,7 @@ def _tail(model, x: torch.Tensor, layer: int, part: str, qf: int) -> torch.Tenso
         if j == n_layers - 1:
             x, sliced = _last_block(model, model.blocks[j], x, qf), True
         else:
-            x = model._block(model.blocks[j], j, x, {}, None, 0)
+            x = model.run_blocks(x, j, j + 1)
     return model.unembed(x if sliced else x[:, qf:])
 
 

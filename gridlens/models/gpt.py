@@ -430,6 +430,29 @@ class GridGPT(nn.Module):
         x = x + out
         return site(active, names["hook_resid_post"], x)
 
+    def run_blocks(
+        self,
+        resid: torch.Tensor,
+        start: int,
+        stop: int | None = None,
+        fwd_hooks: Sequence[tuple[NameFilter, HookFn]] = (),
+    ) -> torch.Tensor:
+        """The residual stream after blocks [start, stop) given the stream entering block
+        `start` ([batch, pos, d_model], positions from 0), with `fwd_hooks` active. Sweeps that
+        change one late component reuse the clean prefix instead of recomputing it;
+        `self.unembed` of the result after the last block gives the logits."""
+        stop = self.cfg.n_layers if stop is None else stop
+        if not 0 <= start <= stop <= self.cfg.n_layers:
+            raise ConfigError(
+                f"run_blocks: need 0 <= start <= stop <= {self.cfg.n_layers}, got {start}, {stop}"
+            )
+        active = self._active(self._collect(fwd_hooks))
+        self._hook_start = 0
+        x = resid
+        for layer in range(start, stop):
+            x = self._block(self.blocks[layer], layer, x, active, None, 0)
+        return x
+
     @staticmethod
     def _visible(start: int, t: int, s: int, device) -> torch.Tensor:
         """Boolean [t, s]: query at position start+i sees key j iff j <= start+i."""
