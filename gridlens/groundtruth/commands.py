@@ -31,6 +31,8 @@ def groundtruth() -> None:
     "--subspaces", is_flag=True, help="Multi-task: each task gets its own slice of each shared MLP."
 )
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--d-model", type=int, default=None, help="Model width (default 64; 4-task 128).")
+@click.option("--d-mlp", type=int, default=None, help="MLP width (default 128; 4-task 256).")
 @click.option(
     "--max-epochs", type=int, default=None, help="Default: the benchmark's recipe, else 200."
 )
@@ -78,6 +80,8 @@ def train(
     bench,
     subspaces,
     out_dir,
+    d_model,
+    d_mlp,
     max_epochs,
     eval_every,
     batch_size,
@@ -122,7 +126,8 @@ def train(
         seed=seed,
         threads=threads,
     )
-    b = get_benchmark(bench, subspaces=subspaces)
+    widths = {k: v for k, v in (("d_model", d_model), ("d_mlp", d_mlp)) if v is not None}
+    b = get_benchmark(bench, subspaces=subspaces, **widths)
     out = Path(out_dir)
     click.echo(f"{b.name}: nodes {b.describe()['nodes']}; unused {b.describe()['unused']}")
     click.echo(
@@ -141,7 +146,7 @@ def train(
     model, result = run_train(
         b, cfg, progress=progress, checkpoint=out / "checkpoint" if resume else None
     )
-    save_run(out, model, b, cfg, result, subspaces, bench)
+    save_run(out, model, b, cfg, result, subspaces, bench, widths)
     training_curves(result.history, out / "training.png", b.name)
     f = result.final
     status = (

@@ -582,6 +582,7 @@ def save_run(
     result: TrainResult,
     subspaces: bool,
     benchmark_name: str,
+    model_overrides: dict[str, int] | None = None,
 ) -> None:
     from safetensors.torch import save_file
 
@@ -593,6 +594,7 @@ def save_run(
         "format": "gridlens-groundtruth-1",
         "benchmark": benchmark_name,
         "subspaces": subspaces,
+        "model_overrides": model_overrides or {},
         "config": bench.config.to_dict(),
         "train": asdict(cfg),
         "describe": bench.describe(),
@@ -629,7 +631,9 @@ def load_run(path: Path):
             f"{meta_file}: field 'format' is {meta.get('format')!r}, expected "
             "'gridlens-groundtruth-1'"
         )
-    bench = get_benchmark(meta["benchmark"], subspaces=meta.get("subspaces", False))
+    bench = get_benchmark(
+        meta["benchmark"], subspaces=meta.get("subspaces", False), **meta.get("model_overrides", {})
+    )
     cfg = GridGPTConfig.from_dict(meta["config"], source=str(meta_file))
     model = GridGPT(cfg, seed=None)
     try:

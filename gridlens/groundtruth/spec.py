@@ -417,13 +417,14 @@ def combined_benchmark(
 ALL_TASKS = ("parenthesis", "left_greater", "duplicate_remover", "unique_extractor")
 
 
-def get_benchmark(name: str, subspaces: bool = False) -> Benchmark:
-    """``parenthesis`` etc. for one task, ``all4`` for the 4-task model, or ``a+b`` tasks."""
+def get_benchmark(name: str, subspaces: bool = False, **model: int) -> Benchmark:
+    """``parenthesis`` etc. for one task, ``all4`` for the 4-task model, or ``a+b`` tasks;
+    ``model`` overrides the low-level model's shape (e.g. d_model=128, d_mlp=256)."""
     if name == "all4":
-        return combined_benchmark(ALL_TASKS, subspaces=subspaces)
+        return combined_benchmark(ALL_TASKS, subspaces=subspaces, **model)
     parts = name.split("+")
     if len(parts) > 1:
-        return combined_benchmark(parts, subspaces=subspaces)
+        return combined_benchmark(parts, subspaces=subspaces, **model)
     if name not in _SINGLE:
         raise unknown_name("benchmark", name, [*_SINGLE, "all4", "<task>+<task>..."])
-    return single_benchmark(name)
+    return single_benchmark(name, **model)
