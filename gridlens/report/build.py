@@ -401,9 +401,35 @@ def _ratio_table(results: dict[str, Any], names: list[str]) -> Table:
     return Table(header, rows, "All tasks pooled; 'loss x' = ablated / clean grid loss.")
 
 
-def _stage_layer_ablation(run: _Run) -> Section:
+def _ablation_section(
+    run: _Run,
+    section: Section,
+    components: str,
+    noun: str,
+    table_rows: Callable[[dict[str, Any]], list[str]],
+) -> Section:
+    """Mean and zero ablation of `components`: their findings, a ratio table of the rows
+    `table_rows` picks, and one heat map per method."""
     from gridlens.analysis.ablation import ablate
 
+    results = {}
+    for method in ("mean", "zero"):
+        result = ablate(run.model, run.quizzes, components, method=method, seed=run.seed)
+        results[method] = result
+        section.findings += run.keep(f"ablation_{components}_{method}", result)
+    section.add(_ratio_table(results, table_rows(results)))
+    for method, result in results.items():
+        section.add(
+            run.figure(
+                result,
+                f"ablation_{components}_{method}.png",
+                f"{method.capitalize()} ablation of each {noun}: grid-loss ratio per task.",
+            )
+        )
+    return section
+
+
+def _stage_layer_ablation(run: _Run) -> Section:
     section = Section(
         "Layer ablation",
         howto=(
@@ -414,26 +440,12 @@ def _stage_layer_ablation(run: _Run) -> Section:
             "predicted grid, per task (log colour scale; 1 = no effect, red = worse)."
         ),
     )
-    results = {}
-    for method in ("mean", "zero"):
-        result = ablate(run.model, run.quizzes, "layers", method=method, seed=run.seed)
-        results[method] = result
-        section.findings += run.keep(f"ablation_layers_{method}", result)
-    section.add(_ratio_table(results, results["zero"].components))
-    for method, result in results.items():
-        section.add(
-            run.figure(
-                result,
-                f"ablation_layers_{method}.png",
-                f"{method.capitalize()} ablation of each layer: grid-loss ratio per task.",
-            )
-        )
-    return section
+    return _ablation_section(
+        run, section, "layers", "layer", lambda results: results["zero"].components
+    )
 
 
 def _stage_head_ablation(run: _Run) -> Section:
-    from gridlens.analysis.ablation import ablate
-
     section = Section(
         "Head ablation",
         howto=(
@@ -442,22 +454,12 @@ def _stage_head_ablation(run: _Run) -> Section:
             "matters for only some tasks shows up red in those panels only."
         ),
     )
-    results = {}
-    for method in ("mean", "zero"):
-        result = ablate(run.model, run.quizzes, "heads", method=method, seed=run.seed)
-        results[method] = result
-        section.findings += run.keep(f"ablation_heads_{method}", result)
-    top = [name for name, _ in results["mean"].top(min(6, len(results["mean"].components)))]
-    section.add(_ratio_table(results, top))
-    for method, result in results.items():
-        section.add(
-            run.figure(
-                result,
-                f"ablation_heads_{method}.png",
-                f"{method.capitalize()} ablation of each head: grid-loss ratio per task.",
-            )
-        )
-    return section
+
+    def top_heads(results: dict[str, Any]) -> list[str]:
+        mean = results["mean"]
+        return [name for name, _ in mean.top(min(6, len(mean.components)))]
+
+    return _ablation_section(run, section, "heads", "head", top_heads)
 
 
 def _stage_attention(run: _Run) -> Section:
