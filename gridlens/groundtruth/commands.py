@@ -33,18 +33,14 @@ def groundtruth() -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
 @click.option("--d-model", type=int, default=None, help="Model width (default 64; 4-task 128).")
 @click.option("--d-mlp", type=int, default=None, help="MLP width (default 128; 4-task 256).")
-@click.option(
-    "--max-epochs", type=int, default=None, help="Default: the benchmark's recipe, else 200."
-)
+@click.option("--max-epochs", default=200, show_default=True)
 @click.option("--eval-every", default=1, show_default=True)
 @click.option("--batch-size", default=256, show_default=True)
 @click.option("--n-train", default=5632, show_default=True, help="Training inputs per task.")
 @click.option("--n-val", default=2000, show_default=True, help="Validation inputs per task.")
 @click.option("--lr", default=1e-3, show_default=True)
 @click.option("--lr-end", default=2e-4, show_default=True)
-@click.option(
-    "--betas", default=None, help="Adam betas; default: the benchmark's recipe, else 0.9,0.9."
-)
+@click.option("--betas", default="0.9,0.9", show_default=True, help="Adam betas.")
 @click.option(
     "--weights",
     default="0.4,1.0,0.4",
@@ -56,26 +52,20 @@ def groundtruth() -> None:
 )
 @click.option(
     "--informative",
-    type=float,
-    default=None,
+    default=0.0,
+    show_default=True,
     help="Share of IIT sources picked (among --candidates draws) to change the high-level "
-    "output most; 0: uniform sources. Default: the benchmark's recipe, else 0.",
+    "output most; 0: uniform sources.",
 )
-@click.option("--candidates", type=int, default=None, help="Sources drawn per example (default 4).")
+@click.option("--candidates", default=4, show_default=True, help="Sources drawn per example.")
 @click.option(
-    "--class-balance",
-    type=float,
-    default=None,
-    help="Weight each class's loss by frequency ** -X (0: plain mean). Default: recipe, else 0.",
+    "--source-grad/--detach-sources",
+    default=True,
+    show_default=True,
+    help="Differentiate the IIT and strict losses through the source activations too (the "
+    "gradient of the interchange objective), or treat them as a detached cache.",
 )
-@click.option(
-    "--counterfactual",
-    type=float,
-    default=None,
-    help="Extra IIT loss weight X of the positions an interchange changes (weight 1 + X). "
-    "Default: recipe, else 0.",
-)
-@click.option("--seed", type=int, default=None, help="Default: the recipe's, else 0.")
+@click.option("--seed", default=0, show_default=True)
 @click.option("--threads", default=0, show_default=True, help="torch threads (0: default).")
 @click.option(
     "--resume/--no-resume",
@@ -101,36 +91,33 @@ def train(
     strict_mode,
     informative,
     candidates,
-    class_balance,
-    counterfactual,
+    source_grad,
     seed,
     threads,
     resume,
 ) -> None:
     """Train one benchmark with SIIT until 100% accuracy, IIA >= 99.3%, SIIA >= 99.95%."""
     from gridlens.groundtruth.figures import training_curves
-    from gridlens.groundtruth.iit import save_run, train_config
+    from gridlens.groundtruth.iit import TrainConfig, save_run
     from gridlens.groundtruth.iit import train as run_train
     from gridlens.groundtruth.spec import get_benchmark
 
     wb, wi, ws = _floats(weights, 3, "--weights")
-    cfg = train_config(
-        bench,
+    cfg = TrainConfig(
         batch_size=batch_size,
         n_train_per_task=n_train,
         n_val_per_task=n_val,
         max_epochs=max_epochs,
         lr=lr,
         lr_end=lr_end,
-        betas=tuple(_floats(betas, 2, "--betas")) if betas is not None else None,
+        betas=tuple(_floats(betas, 2, "--betas")),
         weight_behaviour=wb,
         weight_iit=wi,
         weight_strict=ws,
         strict_mode=strict_mode,
         informative=informative,
         candidates=candidates,
-        class_balance=class_balance,
-        counterfactual=counterfactual,
+        source_grad=source_grad,
         eval_every=eval_every,
         seed=seed,
         threads=threads,
@@ -141,7 +128,7 @@ def train(
     click.echo(f"{b.name}: nodes {b.describe()['nodes']}; unused {b.describe()['unused']}")
     click.echo(
         f"betas {cfg.betas}, informative sources {cfg.informative} of {cfg.candidates}, "
-        f"counterfactual weight {cfg.counterfactual}, max_epochs {cfg.max_epochs}, seed {cfg.seed}"
+        f"source gradient {cfg.source_grad}, max_epochs {cfg.max_epochs}, seed {cfg.seed}"
     )
 
     def progress(row: dict) -> None:

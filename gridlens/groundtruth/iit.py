@@ -4,12 +4,14 @@ Interventions are batched: every example of a batch carries its own boolean mask
 a forward pass over the batch splices the source activations into the masked nodes with
 ``torch.where`` inside a hook (no Python loop over examples or nodes). A training step runs B
 clean rows (behaviour loss; they also serve as the sources: each example's source is another
-row of the batch, whose clean activations are spliced in detached, so no separate source pass
-is run), B rows with one correspondence node per example patched (IIT loss, target = the
-high-level model under the same interchange) and B rows with unused nodes patched (strict loss,
-target = the base label). A patched row starts from the clean row's activations just before
-its first patched site instead of from the embedding. The three losses are weighted once each
-and summed; one optimiser step is taken on the sum.
+row of the batch, whose clean activations are spliced in, so no separate source pass is run),
+B rows with one correspondence node per example patched (IIT loss, target = the high-level
+model under the same interchange) and B rows with unused nodes patched (strict loss, target =
+the base label). The gradient flows through the spliced source activations too (the gradient
+of the interchange objective; ``source_grad=False`` treats them as a detached cache, as
+TransformerLens-based IIT code does). A patched row starts from the clean row's activations
+just before its first patched site instead of from the embedding. The three losses are
+weighted once each and summed; one optimiser step is taken on the sum.
 """
 
 from __future__ import annotations
@@ -81,22 +83,6 @@ def patch_hooks(
     return hooks
 
 
-def hooks_needed(bench: Benchmark) -> list[str]:
-    return sorted({n.site.hook for n in bench.nodes} | {s.hook for s in bench.unused})
-
-
-def run_patched(
-    model,
-    base: torch.Tensor,
-    source_cache: Mapping[str, torch.Tensor],
-    site_masks: Mapping[Site, torch.Tensor],
-) -> torch.Tensor:
-    """Logits of ``base`` with the masked sites replaced by the cached source activations."""
-    if not site_masks:
-        return model(base)
-    return model.run_with_hooks(base, fwd_hooks=patch_hooks(site_masks, source_cache))
-
-
 def source_cache(model, source: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         _, cache = model.run_with_cache(source, names=list(names))
@@ -137,8 +123,7 @@ class TrainConfig:
     strict_mode: str = "half"
     informative: float = 0.0  # share of IIT sources chosen to change the output (choose_sources)
     candidates: int = 4  # sources drawn per example to choose from
-    class_balance: float = 0.0  # loss weight of a class: frequency ** -class_balance
-    counterfactual: float = 0.0  # extra IIT loss weight of positions the interchange changes
+    source_grad: bool = True  # differentiate through the source activations too (README)
     threshold_accuracy: float = 1.0
     threshold_iia: float = 0.993
     threshold_siia: float = 0.9995
@@ -157,32 +142,7 @@ class TrainConfig:
             raise ConfigError(f"informative must be in [0, 1], got {self.informative}")
         if self.candidates < 1:
             raise ConfigError(f"candidates must be >= 1, got {self.candidates}")
-        if self.class_balance < 0:
-            raise ConfigError(f"class_balance must be >= 0, got {self.class_balance}")
-        if self.counterfactual < 0:
-            raise ConfigError(f"counterfactual must be >= 0, got {self.counterfactual}")
         self.betas = tuple(self.betas)
-
-
-# Per-benchmark settings, each the one the benchmark was verified to reach the thresholds with
-# (README "Ground truth", benchmarks/RESULTS.md); the rest is TrainConfig's default. Why they
-# differ: Adam's beta2 = 0.9 (TrainConfig's default) keeps a short memory of squared
-# gradients, so when a rare kind of example (a repeated token in unique_extractor) first
-# produces large gradients the step size jumps and the loss climbs back (after epoch 25 there);
-# beta2 = 0.999 averages over ~1000 steps. The schedule (linear decay over
-# max_epochs) is part of a recipe because it changes the trajectory. The 4-task model's seed is
-# part of its recipe too: with seed 0 the head meant for unique_extractor's `seen` (L0H3) dies
-# in the first epochs (all its attention on BOS and the task token) and its IIA stays at 0.975.
-RECIPES: dict[str, dict] = {
-    "unique_extractor": {"betas": (0.9, 0.999), "max_epochs": 80},
-    "all4": {"betas": (0.9, 0.999), "informative": 0.5, "max_epochs": 150, "seed": 1},
-}
-
-
-def train_config(benchmark: str, **overrides) -> TrainConfig:
-    """The TrainConfig of ``benchmark``: its recipe, then ``overrides`` (None values skipped)."""
-    given = {k: v for k, v in overrides.items() if v is not None}
-    return TrainConfig(**{**RECIPES.get(benchmark, {}), **given})
 
 
 @dataclass
@@ -193,40 +153,12 @@ class StepLosses:
     total: torch.Tensor
 
 
-def masked_ce(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    class_weight: torch.Tensor | None = None,
-    position_weight: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Mean cross-entropy over positions whose target is not -1 (0 if there are none); with
-    ``class_weight`` [n_classes] and/or ``position_weight`` (the shape of ``target``), the
-    weighted mean (each position weighted by its target's class weight times its own)."""
+def masked_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over positions whose target is not -1 (0 if there are none)."""
     flat = target.reshape(-1)
     if not bool((flat >= 0).any()):
         return logits.sum() * 0.0
-    flat_logits = logits.reshape(-1, logits.shape[-1])
-    if position_weight is None:
-        return F.cross_entropy(flat_logits, flat, weight=class_weight, ignore_index=-1)
-    valid = flat >= 0
-    w = position_weight.reshape(-1)[valid].to(flat_logits.dtype)
-    if class_weight is not None:
-        w = w * class_weight[flat[valid]]
-    ce = F.cross_entropy(flat_logits[valid], flat[valid], reduction="none")
-    return (w * ce).sum() / w.sum()
-
-
-def class_weights(labels: torch.Tensor, n_classes: int, power: float) -> torch.Tensor | None:
-    """Per-class loss weights ``frequency ** -power`` (over labelled positions), scaled to a
-    frequency-weighted mean of 1; None for ``power`` 0. Why: in parenthesis 7% of the labels
-    are "balanced", and the plain mean cross-entropy is dominated by the easy majority class;
-    any power keeps the same exact solution (every position right)."""
-    if power == 0:
-        return None
-    valid = labels[labels >= 0]
-    freq = torch.bincount(valid, minlength=n_classes).float() / max(1, len(valid))
-    w = torch.where(freq > 0, freq.clamp(min=1e-12) ** -power, torch.zeros_like(freq))
-    return w / (w * freq).sum()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat, ignore_index=-1)
 
 
 def sample_masks(
@@ -289,29 +221,33 @@ def choose_sources(
 
 
 # Where a forward pass that patches a hook can start inside its block (see GridGPT.run_blocks):
-# 0 = the block's input, 1 = its head outputs, 2 = its MLP activations.
+# 0 = the block's input, 1 = its head outputs, 2 = its MLP activations, 3 = its MLP output.
 _ENTRY_STAGE = {
     "hook_resid_pre": 0,
     "attn.hook_z": 1,
     "hook_attn_out": 1,
     "hook_resid_mid": 1,
     "mlp.hook_post": 2,
-    "hook_mlp_out": 2,
-    "hook_resid_post": 2,
+    "hook_mlp_out": 3,
+    "hook_resid_post": 3,
 }
-# The clean activations a row entering at each stage starts from (run_blocks's arguments).
+# The clean activations a row entering at each stage starts from, and the run_blocks argument
+# that takes the second one.
 _ENTRY_TENSORS = {
     0: ("hook_resid_pre",),
     1: ("hook_resid_pre", "attn.hook_z"),
     2: ("hook_resid_mid", "mlp.hook_post"),
+    3: ("hook_resid_mid", "hook_mlp_out"),
 }
+_ENTRY_ARGUMENT = {1: "head_outputs", 2: "mlp_post", 3: "mlp_out"}
+_STAGES = 4
 _UNPATCHED = 1 << 30
 
 
 def _entry(site: Site) -> int:
-    """3 * layer + stage: rows whose earliest patched site has this code share every
+    """_STAGES * layer + stage: rows whose earliest patched site has this code share every
     activation before it with their clean row."""
-    return 3 * site.layer + _ENTRY_STAGE[site.hook.split(".", 2)[2]]
+    return _STAGES * site.layer + _ENTRY_STAGE[site.hook.split(".", 2)[2]]
 
 
 def patched_logits(
@@ -319,25 +255,31 @@ def patched_logits(
     base: torch.Tensor,
     site_masks: Mapping[Site, torch.Tensor],
     source_index: torch.Tensor,
+    source_grad: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(clean logits of ``base`` [b, ...], patched logits [r, ...]): patched row i is base row
     ``i % b`` with every site whose mask (length r, a multiple of b) is true there taking the
-    activation of base row ``source_index[i % b]``, detached (as if cached: sources carry no
-    gradient).
+    activation of base row ``source_index[i % b]``. The sources are detached (as if cached)
+    unless ``source_grad``: then the gradient also flows into the source rows' activations,
+    which makes it the gradient of the interchange objective itself.
 
     The patched rows are not recomputed from the embedding: they are grouped by their earliest
     patched site and continue from the clean pass's activations at that point (GridGPT.run_blocks
-    entering at the block input, the head outputs or the MLP activations). The shared prefix is
-    one node of the autograd graph, so values and gradients equal those of full forward passes."""
+    entering at the block input, the head outputs, the MLP activations or the MLP output). The
+    shared prefix is one node of the autograd graph, so values and gradients equal those of full
+    forward passes."""
     b = len(base)
-    n_rows = len(next(iter(site_masks.values()))) if site_masks else 0
-    entry = torch.full((n_rows,), _UNPATCHED)
-    for site, mask in site_masks.items():
-        entry = torch.where(mask, torch.clamp(entry, max=_entry(site)), entry)
+    sites = list(site_masks)
+    if not sites:
+        clean = model(base)
+        return clean, clean[:0]
+    masks = torch.stack([site_masks[s] for s in sites])  # [sites, rows]
+    site_codes = torch.tensor([_entry(s) for s in sites])
+    entry = torch.where(masks, site_codes[:, None], _UNPATCHED).amin(0)
     codes = sorted(set(entry.tolist()) - {_UNPATCHED})
-    names = {site.hook for site in site_masks}
+    names = {site.hook for site in sites}
     for code in codes:
-        layer, stage = divmod(code, 3)
+        layer, stage = divmod(code, _STAGES)
         names.update(f"blocks.{layer}.{rest}" for rest in _ENTRY_TENSORS[stage])
     store: dict[str, torch.Tensor] = {}
 
@@ -345,7 +287,8 @@ def patched_logits(
         store[point.name] = x
 
     clean = model.run_with_hooks(base, fwd_hooks=[(name, keep) for name in sorted(names)])
-    sources = {site.hook: store[site.hook].detach()[source_index] for site in site_masks}
+    hooks_patched = {s.hook for s in sites}
+    sources = {h: store[h] if source_grad else store[h].detach() for h in hooks_patched}
     parts, rows_in_order = [], []
     untouched = torch.nonzero(entry == _UNPATCHED).squeeze(1)
     if len(untouched):
@@ -354,18 +297,19 @@ def patched_logits(
     for code in codes:
         rows = torch.nonzero(entry == code).squeeze(1)
         at = rows % b
-        masks = {s: m[rows] for s, m in site_masks.items() if bool(m[rows].any())}
-        hooks = patch_hooks(masks, {hook: src[at] for hook, src in sources.items()})
-        layer, stage = divmod(code, 3)
+        group = masks[:, rows]
+        present = group.any(1).tolist()
+        group_masks = {s: group[i] for i, s in enumerate(sites) if present[i]}
+        src_rows = source_index[at]
+        hooks = patch_hooks(
+            group_masks, {hook: src.index_select(0, src_rows) for hook, src in sources.items()}
+        )
+        layer, stage = divmod(code, _STAGES)
         tensors = [
             store[f"blocks.{layer}.{rest}"].index_select(0, at) for rest in _ENTRY_TENSORS[stage]
         ]
-        if stage == 0:
-            x = model.run_blocks(tensors[0], layer, fwd_hooks=hooks)
-        elif stage == 1:
-            x = model.run_blocks(tensors[0], layer, fwd_hooks=hooks, head_outputs=tensors[1])
-        else:
-            x = model.run_blocks(tensors[0], layer, fwd_hooks=hooks, mlp_post=tensors[1])
+        entry_point = {_ENTRY_ARGUMENT[stage]: tensors[1]} if stage else {}
+        x = model.run_blocks(tensors[0], layer, fwd_hooks=hooks, **entry_point)
         parts.append(model.unembed(x))
         rows_in_order.append(rows)
     if not parts:
@@ -383,16 +327,13 @@ def siit_losses(
     iit_masks: Sequence[torch.Tensor],
     strict_masks: Sequence[torch.Tensor],
     weights: tuple[float, float, float],
-    class_weight: torch.Tensor | None = None,
-    counterfactual: float = 0.0,
+    source_grad: bool = True,
 ) -> StepLosses:
     """The three losses on one batch; total = the weighted sum, each weight applied exactly
     once. ``values`` are the high-level variables of ``base`` (``values["output"]`` the
     labels); the sources are ``base[source_index]``, read from the clean pass (no separate
     source forward). The IIT rows (one node patched each) and the strict rows (unused nodes
-    patched) share the clean pass's activations up to their first patch (:func:`patched_logits`).
-    ``counterfactual`` > 0 weighs the IIT positions whose label the interchange changes by
-    1 + counterfactual (the rest by 1)."""
+    patched) share the clean pass's activations up to their first patch (:func:`patched_logits`)."""
     b = len(base)
     labels = values["output"]
     off = torch.zeros(b, dtype=torch.bool)
@@ -401,16 +342,12 @@ def siit_losses(
         masks[node.site] = torch.cat([m, off])
     for site, m in zip(bench.unused, strict_masks, strict=True):
         masks[site] = torch.cat([off, m])
-    clean, patched = patched_logits(model, base, masks, source_index)
+    clean, patched = patched_logits(model, base, masks, source_index, source_grad)
     source_values = {k: v[source_index] for k, v in values.items()}
     iit_target = hl_interchange(bench, base, source_values, iit_masks)
-    cw = class_weight
-    lb = masked_ce(clean, labels, cw)
-    changed = None
-    if counterfactual > 0:
-        changed = 1.0 + counterfactual * (iit_target != labels).float()
-    li = masked_ce(patched[:b], iit_target, cw, changed)
-    ls = masked_ce(patched[b:], labels, cw) if strict_masks else clean.sum() * 0.0
+    lb = masked_ce(clean, labels)
+    li = masked_ce(patched[:b], iit_target)
+    ls = masked_ce(patched[b:], labels) if strict_masks else clean.sum() * 0.0
     wb, wi, ws = weights
     return StepLosses(lb, li, ls, wb * lb + wi * li + ws * ls)
 
@@ -438,7 +375,7 @@ def evaluate(
     bench: Benchmark,
     tokens: torch.Tensor,
     source_perm: torch.Tensor | None = None,
-    chunk: int = 4096,
+    chunk: int = 1024,
 ) -> dict:
     """Accuracy, IIA per node (and mean over nodes), SIIA per unused node (mean, and with all
     unused nodes patched at once), each also per task. Sources are ``tokens[source_perm]``
@@ -452,30 +389,44 @@ def evaluate(
     src_values = {k: v[source_perm] for k, v in values.items()}
     labels = values["output"]
     task_ids = bench.task_ids(tokens)
-    names = hooks_needed(bench)
     n_tasks = len(bench.tasks)
     task_names = [t.name for t in bench.tasks]
 
-    chunks = [slice(a, a + chunk) for a in range(0, n, chunk)]
-    caches = [source_cache(model, source[sl], names) for sl in chunks]  # shared by every run
+    # every intervention of the evaluation, as the sites it patches: each node, each unused
+    # node, then all unused nodes at once
+    variants = [[node.site] for node in bench.nodes] + [[site] for site in bench.unused]
+    if bench.unused:
+        variants.append(list(bench.unused))
+    clean_parts: list[torch.Tensor] = []
+    variant_parts: list[list[torch.Tensor]] = [[] for _ in variants]
+    for a in range(0, n, chunk):
+        base = tokens[a : a + chunk]
+        c = len(base)
+        # the chunk's sources ride along as extra rows, so every variant shares one clean pass
+        # and starts at its first patched site (patched_logits)
+        both = torch.cat([base, source[a : a + chunk]])
+        source_index = torch.cat([torch.arange(c, 2 * c), torch.arange(c)])
+        masks: dict[Site, torch.Tensor] = {}
+        for v, sites in enumerate(variants):
+            for site in sites:
+                m = masks.setdefault(site, torch.zeros(len(variants) * 2 * c, dtype=torch.bool))
+                m[v * 2 * c : v * 2 * c + c] = True
+        clean, patched = patched_logits(model, both, masks, source_index, source_grad=False)
+        clean_parts.append(clean[:c])
+        for v in range(len(variants)):
+            variant_parts[v].append(patched[v * 2 * c : v * 2 * c + c])
+    logits = [torch.cat(parts) for parts in variant_parts]
 
-    def run(site_masks_fn, target) -> tuple[float, list[float]]:
-        outs = []
-        for sl, cache in zip(chunks, caches, strict=True):
-            masks = site_masks_fn(len(tokens[sl])) if site_masks_fn else {}
-            outs.append(run_patched(model, tokens[sl], cache, masks))
-        return _acc(torch.cat(outs), target, task_ids, n_tasks)
+    def score(logits: torch.Tensor, target: torch.Tensor) -> tuple[float, list[float]]:
+        return _acc(logits, target, task_ids, n_tasks)
 
-    acc, acc_per = run(None, labels)
+    acc, acc_per = score(torch.cat(clean_parts), labels)
     out: dict = {"accuracy": acc, "accuracy_per_task": dict(zip(task_names, acc_per, strict=True))}
     iia_nodes, iia_per_task = {}, np.zeros(n_tasks)
     for i, node in enumerate(bench.nodes):
-        masks = [
-            torch.ones(n, dtype=torch.bool) if j == i else torch.zeros(n, dtype=torch.bool)
-            for j in range(len(bench.nodes))
-        ]
-        target = hl_interchange(bench, tokens, src_values, masks)
-        a, per = run(lambda b, node=node: {node.site: torch.ones(b, dtype=torch.bool)}, target)
+        node_masks = [torch.full((n,), j == i) for j in range(len(bench.nodes))]
+        target = hl_interchange(bench, tokens, src_values, node_masks)
+        a, per = score(logits[i], target)
         iia_nodes[node.label] = a
         iia_per_task += np.array(per)
     out["iia"] = float(np.mean(list(iia_nodes.values())))
@@ -484,8 +435,8 @@ def evaluate(
         zip(task_names, (iia_per_task / len(bench.nodes)).tolist(), strict=True)
     )
     siia_nodes, siia_per_task = {}, np.zeros(n_tasks)
-    for site in bench.unused:
-        a, per = run(lambda b, site=site: {site: torch.ones(b, dtype=torch.bool)}, labels)
+    for j, site in enumerate(bench.unused):
+        a, per = score(logits[len(bench.nodes) + j], labels)
         siia_nodes[site.label] = a
         siia_per_task += np.array(per)
     if bench.unused:
@@ -493,9 +444,7 @@ def evaluate(
         out["siia_per_task"] = dict(
             zip(task_names, (siia_per_task / len(bench.unused)).tolist(), strict=True)
         )
-        out["siia_all_unused"] = run(
-            lambda b: {s: torch.ones(b, dtype=torch.bool) for s in bench.unused}, labels
-        )[0]
+        out["siia_all_unused"] = score(logits[-1], labels)[0]
     else:
         out["siia"] = 1.0
         out["siia_per_task"] = dict.fromkeys(task_names, 1.0)
@@ -550,7 +499,6 @@ def train(
     train_tokens, _ = bench.generate(cfg.n_train_per_task, rng)
     val_tokens, _ = bench.generate(cfg.n_val_per_task, rng)
     train_values = bench.run_high_level(train_tokens)
-    cw = class_weights(train_values["output"], bench.n_classes, cfg.class_balance)
     if model is None:
         model = make_model(bench, cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
@@ -596,7 +544,15 @@ def train(
             for g in opt.param_groups:
                 g["lr"] = lr_at(epoch * n_batches + i)
             losses = siit_losses(
-                model, bench, base, values, src, iit_m, strict_m, weights, cw, cfg.counterfactual
+                model,
+                bench,
+                base,
+                values,
+                src,
+                iit_m,
+                strict_m,
+                weights,
+                cfg.source_grad,
             )
             opt.zero_grad(set_to_none=True)
             losses.total.backward()

@@ -378,17 +378,21 @@ class GridGPT(nn.Module):
         start: int,
         z: torch.Tensor | None = None,
         post: torch.Tensor | None = None,
+        mlp_out: torch.Tensor | None = None,
     ):
         """One block. Given ``z`` (the head outputs) it starts at hook_z; given ``post`` (the
-        MLP activations, with ``x`` the stream after the attention) it starts at hook_post."""
+        MLP activations) or ``mlp_out`` (the MLP's output), with ``x`` the stream after the
+        attention, it starts at hook_post or hook_mlp_out."""
         names, site = self._names[layer], self._site
-        if post is None:
-            x = self._attention_part(block, layer, x, active, kv, start, z)
-            y = self._ln(block.ln2, x, active, names, "ln2")
-            pre = F.linear(y, block.mlp.fc_in.weight, block.mlp.fc_in.bias)
-            post = F.relu(site(active, names["mlp.hook_pre"], pre))
-        post = site(active, names["mlp.hook_post"], post)
-        out = F.linear(post, block.mlp.fc_out.weight, block.mlp.fc_out.bias)
+        out = mlp_out
+        if out is None:
+            if post is None:
+                x = self._attention_part(block, layer, x, active, kv, start, z)
+                y = self._ln(block.ln2, x, active, names, "ln2")
+                pre = F.linear(y, block.mlp.fc_in.weight, block.mlp.fc_in.bias)
+                post = F.relu(site(active, names["mlp.hook_pre"], pre))
+            post = site(active, names["mlp.hook_post"], post)
+            out = F.linear(post, block.mlp.fc_out.weight, block.mlp.fc_out.bias)
         out = site(active, names["hook_mlp_out"], out)
         x = x + out
         return site(active, names["hook_resid_post"], x)
@@ -464,6 +468,7 @@ class GridGPT(nn.Module):
         *,
         head_outputs: torch.Tensor | None = None,
         mlp_post: torch.Tensor | None = None,
+        mlp_out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The residual stream after blocks [start, stop) given the stream entering block
         `start` ([batch, pos, d_model], positions from 0), with `fwd_hooks` active. Sweeps that
@@ -473,7 +478,8 @@ class GridGPT(nn.Module):
         Finer entry points into block `start`: ``head_outputs`` (its hook_z, [batch, pos, head,
         d_value]) skips its LayerNorm, projections and attention pattern; ``mlp_post`` (its
         mlp.hook_post, with `resid` then the stream after its attention, hook_resid_mid) runs
-        only its MLP output projection. Hooks before the entry point do not run."""
+        only its MLP output projection; ``mlp_out`` (its hook_mlp_out, `resid` again
+        hook_resid_mid) only adds it. Hooks before the entry point do not run."""
         stop = self.cfg.n_layers if stop is None else stop
         if not 0 <= start <= stop <= self.cfg.n_layers:
             raise ConfigError(
@@ -481,9 +487,10 @@ class GridGPT(nn.Module):
             )
         active = self._active(self._collect(fwd_hooks))
         self._hook_start = 0
-        if head_outputs is not None and mlp_post is not None:
-            raise ConfigError("run_blocks: pass head_outputs or mlp_post, not both")
-        if (head_outputs is not None or mlp_post is not None) and start == stop:
+        given = [e is not None for e in (head_outputs, mlp_post, mlp_out)]
+        if sum(given) > 1:
+            raise ConfigError("run_blocks: pass at most one of head_outputs, mlp_post, mlp_out")
+        if any(given) and start == stop:
             raise ConfigError("run_blocks: an entry inside block `start` needs start < stop")
         x = resid
         for layer in range(start, stop):
@@ -497,6 +504,7 @@ class GridGPT(nn.Module):
                 0,
                 z=head_outputs if entry else None,
                 post=mlp_post if entry else None,
+                mlp_out=mlp_out if entry else None,
             )
         return x
 

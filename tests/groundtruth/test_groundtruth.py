@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from gridlens.errors import CheckpointError, ConfigError, GridlensError, UnknownNameError
 from gridlens.groundtruth import iit
@@ -182,6 +181,18 @@ def test_unknown_benchmark():
 # ----------------------------------------------------------------------------- interventions
 
 
+def hooks_needed(bench) -> list[str]:
+    return sorted({n.site.hook for n in bench.nodes} | {s.hook for s in bench.unused})
+
+
+def run_patched(model, base, cache, site_masks):
+    """Reference: a full forward pass of ``base`` with the masked sites taking the cached
+    source activations."""
+    if not site_masks:
+        return model(base)
+    return model.run_with_hooks(base, fwd_hooks=iit.patch_hooks(site_masks, cache))
+
+
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
@@ -225,19 +236,20 @@ def test_losses_weights_applied_once(tiny):
     # the IIT and strict losses equal separate runs with the sources' activations cached by
     # their own forward pass, against the high-level counterfactual and the base labels
     src_vals = {k: v[perm] for k, v in vals.items()}
-    cache = iit.source_cache(model, x[perm], iit.hooks_needed(b))
+    cache = iit.source_cache(model, x[perm], hooks_needed(b))
     masks = {n.site: m for n, m in zip(b.nodes, iit_m, strict=True)}
-    logits = iit.run_patched(model, x, cache, masks)
+    logits = run_patched(model, x, cache, masks)
     target = iit.hl_interchange(b, x, src_vals, iit_m)
     assert torch.allclose(losses.iit, iit.masked_ce(logits, target), atol=1e-5)
-    strict = iit.run_patched(model, x, cache, dict(zip(b.unused, strict_m, strict=True)))
+    strict = run_patched(model, x, cache, dict(zip(b.unused, strict_m, strict=True)))
     assert torch.allclose(losses.strict, iit.masked_ce(strict, labels), atol=1e-5)
     only_b = iit.siit_losses(model, b, x, vals, perm, iit_m, strict_m, (2.0, 0, 0))
     assert torch.allclose(only_b.total, 2.0 * only_b.behaviour)
 
 
-def test_sources_carry_no_gradient(tiny):
-    # reading sources from the clean rows must give the gradient of a separate no-grad cache
+def test_detached_sources_give_the_gradient_of_a_cache(tiny):
+    # source_grad=False: reading sources from the clean rows must give the gradient of a
+    # separate no-grad cache
     b, model, x = tiny
     gen = torch.Generator().manual_seed(1)
     iit_m, _ = iit.sample_masks(b, 16, "half", gen)
@@ -245,13 +257,16 @@ def test_sources_carry_no_gradient(tiny):
     vals = b.run_high_level(x)
     perm = torch.arange(15, -1, -1)
     model.zero_grad(set_to_none=True)
-    iit.siit_losses(model, b, x, vals, perm, iit_m, no_strict, (0, 1, 0)).total.backward()
+    losses = iit.siit_losses(
+        model, b, x, vals, perm, iit_m, no_strict, (0, 1, 0), source_grad=False
+    )
+    losses.total.backward()
     with_self = [p.grad.clone() for p in model.parameters()]
     model.zero_grad(set_to_none=True)
-    cache = iit.source_cache(model, x[perm], iit.hooks_needed(b))
+    cache = iit.source_cache(model, x[perm], hooks_needed(b))
     masks = {n.site: m for n, m in zip(b.nodes, iit_m, strict=True)}
     target = iit.hl_interchange(b, x, {k: v[perm] for k, v in vals.items()}, iit_m)
-    iit.masked_ce(iit.run_patched(model, x, cache, masks), target).backward()
+    iit.masked_ce(run_patched(model, x, cache, masks), target).backward()
     for g, p in zip(with_self, model.parameters(), strict=True):
         assert torch.allclose(g, p.grad, atol=1e-6)
     model.zero_grad(set_to_none=True)
@@ -271,20 +286,66 @@ def test_shared_prefix_gives_the_gradient_of_full_forward_passes(subspaces):
     perm = torch.roll(torch.arange(len(x)), 3)
     weights = (0.3, 1.7, 0.5)
     model.zero_grad(set_to_none=True)
-    iit.siit_losses(model, bench, x, vals, perm, iit_m, strict_m, weights).total.backward()
+    losses = iit.siit_losses(
+        model, bench, x, vals, perm, iit_m, strict_m, weights, source_grad=False
+    )
+    losses.total.backward()
     shared = [p.grad.clone() for p in model.parameters()]
     model.zero_grad(set_to_none=True)
-    cache = iit.source_cache(model, x[perm], iit.hooks_needed(bench))
+    cache = iit.source_cache(model, x[perm], hooks_needed(bench))
     target = iit.hl_interchange(bench, x, {k: v[perm] for k, v in vals.items()}, iit_m)
     node_masks = {n.site: m for n, m in zip(bench.nodes, iit_m, strict=True)}
     unused_masks = dict(zip(bench.unused, strict_m, strict=True))
     total = weights[0] * iit.masked_ce(model(x), vals["output"])
-    total = total + weights[1] * iit.masked_ce(iit.run_patched(model, x, cache, node_masks), target)
-    strict = iit.run_patched(model, x, cache, unused_masks)
+    total = total + weights[1] * iit.masked_ce(run_patched(model, x, cache, node_masks), target)
+    strict = run_patched(model, x, cache, unused_masks)
     (total + weights[2] * iit.masked_ce(strict, vals["output"])).backward()
     for g, p in zip(shared, model.parameters(), strict=True):
         assert torch.allclose(g, p.grad, atol=1e-5)
     model.zero_grad(set_to_none=True)
+
+
+def test_source_gradient_is_that_of_sources_run_with_gradient():
+    # source_grad: the IIT objective differentiated through the source activations too.
+    # Reference: the sources' own forward pass with gradient, spliced into full forward passes.
+    bench = combined_benchmark(["left_greater", "duplicate_remover"], **TINY)
+    model = iit.make_model(bench, seed=4)
+    x, _ = bench.generate(8, np.random.default_rng(4))
+    vals = bench.run_high_level(x)
+    gen = torch.Generator().manual_seed(4)
+    iit_m, strict_m = iit.sample_masks(bench, len(x), "half", gen)
+    perm = torch.roll(torch.arange(len(x)), 3)
+    weights = (0.3, 1.7, 0.5)
+
+    def grads(loss: torch.Tensor) -> list[torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        out = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad(set_to_none=True)
+        return out
+
+    def losses(source_grad: bool) -> torch.Tensor:
+        return iit.siit_losses(
+            model, bench, x, vals, perm, iit_m, strict_m, weights, source_grad=source_grad
+        ).total
+
+    with_source, detached = grads(losses(True)), grads(losses(False))
+    cache: dict[str, torch.Tensor] = {}
+
+    def keep(a: torch.Tensor, point) -> None:
+        cache[point.name] = a
+
+    model.run_with_hooks(x[perm], fwd_hooks=[(h, keep) for h in hooks_needed(bench)])
+    target = iit.hl_interchange(bench, x, {k: v[perm] for k, v in vals.items()}, iit_m)
+    node_masks = {n.site: m for n, m in zip(bench.nodes, iit_m, strict=True)}
+    total = weights[0] * iit.masked_ce(model(x), vals["output"])
+    total = total + weights[1] * iit.masked_ce(run_patched(model, x, cache, node_masks), target)
+    strict = run_patched(model, x, cache, dict(zip(bench.unused, strict_m, strict=True)))
+    reference = grads(total + weights[2] * iit.masked_ce(strict, vals["output"]))
+    for g, want in zip(with_source, reference, strict=True):
+        assert torch.allclose(g, want, atol=1e-5)
+    pairs = zip(with_source, detached, strict=True)
+    assert any(not torch.allclose(g, d, atol=1e-4) for g, d in pairs)
 
 
 def test_patched_rows_entering_at_a_block_input():
@@ -299,7 +360,7 @@ def test_patched_rows_entering_at_a_block_input():
         clean, patched = iit.patched_logits(model, x, {site: mask}, perm)
         cache = iit.source_cache(model, x[perm], [site.hook])
         twice = {h: v.repeat(2, 1, 1) for h, v in cache.items()}
-        want = iit.run_patched(model, x.repeat(2, 1), twice, {site: mask})
+        want = run_patched(model, x.repeat(2, 1), twice, {site: mask})
     assert torch.allclose(clean, model(x), atol=1e-5)
     assert torch.allclose(patched, want, atol=1e-5)
     assert not torch.allclose(patched[0], clean[0], atol=1e-4)
@@ -347,6 +408,39 @@ def test_strict_sampling_modes(tiny):
         iit.TrainConfig(candidates=0)
 
 
+def test_evaluate_equals_one_full_forward_per_intervention():
+    # evaluate shares one clean pass between all interventions and chunks the inputs; the
+    # reference runs each intervention as its own full forward with a separate source cache
+    bench = combined_benchmark(["parenthesis", "unique_extractor"], **TINY)
+    model = iit.make_model(bench, seed=6)
+    x, _ = bench.generate(9, np.random.default_rng(6))
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(6))
+    got = iit.evaluate(model, bench, x, perm, chunk=7)
+    vals = bench.run_high_level(x)
+    cache = iit.source_cache(model, x[perm], hooks_needed(bench))
+    everyone = torch.ones(len(x), dtype=torch.bool)
+
+    def accuracy(site_masks, target) -> float:
+        with torch.no_grad():
+            pred = run_patched(model, x, cache, site_masks).argmax(-1)
+        valid = target >= 0
+        return float((pred == target)[valid].float().mean())
+
+    assert got["accuracy"] == pytest.approx(accuracy({}, vals["output"]))
+    src_vals = {k: v[perm] for k, v in vals.items()}
+    for i, node in enumerate(bench.nodes):
+        masks = [everyone if j == i else ~everyone for j in range(len(bench.nodes))]
+        target = iit.hl_interchange(bench, x, src_vals, masks)
+        want = accuracy({node.site: everyone}, target)
+        assert got["iia_per_node"][node.label] == pytest.approx(want)
+    for site in bench.unused:
+        want = accuracy({site: everyone}, vals["output"])
+        assert got["siia_per_node"][site.label] == pytest.approx(want)
+    all_unused = accuracy(dict.fromkeys(bench.unused, everyone), vals["output"])
+    assert got["siia_all_unused"] == pytest.approx(all_unused)
+    assert 0.0 < got["iia"] < 1.0
+
+
 def test_iia_and_siia_of_a_model_that_ignores_the_site(tiny):
     b, _model, x = tiny
     m = iit.make_model(b, seed=1)
@@ -373,62 +467,12 @@ def test_iia_and_siia_of_a_model_that_ignores_the_site(tiny):
     assert res["iia_per_node"]["L0H0"] == pytest.approx(expect)
 
 
-def test_class_weights_by_hand():
+def test_masked_ce_by_hand():
     labels = torch.tensor([[-1, 0, 0, 0, 1]])
-    assert iit.class_weights(labels, 3, 0.0) is None
-    w = iit.class_weights(labels, 3, 1.0)  # 1/0.75 and 1/0.25, scaled so w . freq = 1
-    assert torch.allclose(w, torch.tensor([2 / 3, 2.0, 0.0]))
     logits = torch.randn(1, 5, 3)
     nll = -logits.log_softmax(-1)[0, 1:].gather(-1, labels[0, 1:, None])[:, 0]
-    per = w[labels[0, 1:]]
-    expect = (nll * per).sum() / per.sum()
-    assert torch.allclose(iit.masked_ce(logits, labels, w), expect, atol=1e-6)
-    with pytest.raises(ConfigError, match="class_balance"):
-        iit.TrainConfig(class_balance=-1)
-    # position weights multiply the class weights; the padded position is ignored
-    pos = torch.tensor([[9.0, 1.0, 3.0, 1.0, 2.0]])
-    both = per * pos[0, 1:]
-    expect = (nll * both).sum() / both.sum()
-    assert torch.allclose(iit.masked_ce(logits, labels, w, pos), expect, atol=1e-6)
-    assert torch.allclose(
-        iit.masked_ce(logits, labels, None, pos), (nll * pos[0, 1:]).sum() / 7.0, atol=1e-6
-    )
-    with pytest.raises(ConfigError, match="counterfactual"):
-        iit.TrainConfig(counterfactual=-0.5)
-
-
-def test_counterfactual_weight_counts_the_changed_positions_more():
-    # IIT loss with weight X equals the weighted mean over positions, changed ones 1 + X
-    bench = single_benchmark("left_greater", n_ctx=9, **TINY)
-    model = iit.make_model(bench, seed=5)
-    x, _ = bench.generate(12, np.random.default_rng(5))
-    vals = bench.run_high_level(x)
-    iit_m, strict_m = iit.sample_masks(bench, 12, "half", torch.Generator().manual_seed(5))
-    perm = torch.roll(torch.arange(12), 5)
-    with torch.no_grad():
-        plain = iit.siit_losses(model, bench, x, vals, perm, iit_m, strict_m, (0, 1, 0))
-        heavy = iit.siit_losses(model, bench, x, vals, perm, iit_m, strict_m, (0, 1, 0), None, 4)
-        cache = iit.source_cache(model, x[perm], iit.hooks_needed(bench))
-        masks = {n.site: m for n, m in zip(bench.nodes, iit_m, strict=True)}
-        logits = iit.run_patched(model, x, cache, masks)
-    target = iit.hl_interchange(bench, x, {k: v[perm] for k, v in vals.items()}, iit_m)
-    valid = target >= 0
-    changed = (target != vals["output"]) & valid
-    assert changed.any() and (valid & ~changed).any()
-    nll = F.cross_entropy(logits[valid], target[valid], reduction="none")
-    w = 1 + 4 * changed[valid].float()
-    assert torch.allclose(heavy.iit, (w * nll).sum() / w.sum(), atol=1e-5)
-    assert torch.allclose(plain.iit, nll.mean(), atol=1e-5)
-
-
-def test_train_config_recipes():
-    assert iit.train_config("left_greater") == iit.TrainConfig()
-    cfg = iit.train_config("unique_extractor", max_epochs=None, seed=3)
-    assert cfg.betas == (0.9, 0.999) and cfg.max_epochs == 80 and cfg.seed == 3
-    assert iit.train_config("unique_extractor", betas=(0.5, 0.5)).betas == (0.5, 0.5)
-    four = iit.train_config("all4", seed=None)
-    assert (four.seed, four.informative, four.max_epochs) == (1, 0.5, 150)
-    assert iit.train_config("all4", seed=0).seed == 0
+    assert torch.allclose(iit.masked_ce(logits, labels), nll.mean(), atol=1e-6)
+    assert float(iit.masked_ce(logits, torch.full((1, 5), -1))) == 0.0
 
 
 def test_tiny_training_runs_and_resumes(tmp_path):
