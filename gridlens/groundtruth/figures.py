@@ -57,11 +57,10 @@ def sae_scores(result: dict, path: Path, title: str) -> None:
     a.set_title("detection F1 per value")
     variables = result["variables"]
     xm = np.arange(len(variables))
-    iia_methods = ("sae", "neurons", "probe", "whole_mlp", "none")
+    iia_methods = ("sae", "neurons", "probe", "class_means", "whole_mlp", "none")
     for i, m in enumerate(iia_methods):
-        b.bar(
-            xm + (i - 2) * 0.16, [result["methods"][m]["iia"][v] for v in variables], 0.16, label=m
-        )
+        heights = [result["methods"][m]["iia"][v] for v in variables]
+        b.bar(xm + (i - 2.5) * 0.14, heights, 0.14, label=m)
     b.set_xticks(xm, [v.replace(".", ".\n") for v in variables], fontsize=7)
     b.set_ylim(0, 1.02)
     b.set_title("IIA, patching the matched units")

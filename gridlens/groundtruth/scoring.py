@@ -12,7 +12,9 @@ that MLP:
 - reconstruction fidelity (fraction of variance unexplained, and accuracy with the SAE's
   reconstruction spliced into the model);
 - IIA when the units matched to a variable are interchanged between a base and a source input
-  (everything else kept), against the high-level model with only that variable interchanged.
+  (everything else kept), against the high-level model with only that variable interchanged;
+  next to it, the subspace of the probes' directions and the subspace of the variable's class
+  means (supervised references).
 
 Circuit discovery: activation patching and attribution patching (AtP) rank every head and MLP;
 the ranking is scored by ROC AUC against the sites the correspondence uses.
@@ -142,6 +144,21 @@ def train_probes(
     w_act = (w / sd[:, None]).detach().t()
     b_act = (b - (mu / sd) @ w).detach()
     return w_act, b_act
+
+
+def class_mean_subspace(acts: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Orthonormal basis [d, V - 1] of the span of the centred class means of one variable
+    (``y`` [n, V] one-hot over its values, rows of its task only): the directions along which
+    its values differ on average. Why next to the probes: a logistic-regression normal
+    separates the classes but, in activation space, leans on low-variance neurons, so it need
+    not be the direction the model reads; the class means are where the values actually sit."""
+    present = [i for i in range(y.shape[1]) if bool(y[:, i].any())]
+    if len(present) < 2:
+        return torch.zeros(acts.shape[1], 0)
+    centre = acts.mean(0)
+    means = torch.stack([acts[y[:, i]].mean(0) - centre for i in present], 1)
+    q, _ = torch.linalg.qr(means)
+    return q[:, : len(present) - 1]
 
 
 # ----------------------------------------------------------------------------- SAE scoring
@@ -336,14 +353,21 @@ def score_mlp(
             q, _ = torch.linalg.qr(probe_w[probe_rows].t())
         else:
             q = torch.zeros(d_mlp, 0)
+        own = tr["task"] == _task_index(bench, var)
+        cols = [i for i, (v, _value) in enumerate(names) if v == var]
+        means_q = class_mean_subspace(tr["acts"][own], y_tr[own][:, cols])
 
         def probe_t(a, s, q=q):
+            return a + (s - a) @ q @ q.t()
+
+        def means_t(a, s, q=means_q):
             return a + (s - a) @ q @ q.t()
 
         for method, fn in (
             ("sae", sae_t),
             ("neurons", neuron_t),
             ("probe", probe_t),
+            ("class_means", means_t),
             ("none", lambda a, s: a),
             ("whole_mlp", lambda a, s: s),
         ):

@@ -14,6 +14,7 @@ from gridlens.errors import CheckpointError, ConfigError, GridlensError, Unknown
 from gridlens.groundtruth import iit
 from gridlens.groundtruth.scoring import (
     circuit_discovery,
+    class_mean_subspace,
     f1_matrix,
     linear_assignment,
     roc_auc,
@@ -539,11 +540,27 @@ def test_task_purity_by_hand():
     assert p["fraction_multi_task"] == pytest.approx(0.5)
 
 
+def test_class_mean_subspace_finds_the_direction_the_values_differ_along():
+    # three values sit at +-2 and 0 along a known direction; the other dimensions are noise of
+    # larger variance, so the variance-led direction would be wrong
+    gen = torch.Generator().manual_seed(8)
+    direction = torch.nn.functional.normalize(torch.tensor([1.0, -2.0, 0.0, 0.5, 0.0]), dim=0)
+    value = torch.randint(3, (600,), generator=gen)
+    acts = 3.0 * torch.randn(600, 5, generator=gen) * torch.tensor([0, 0, 1, 0, 1])
+    acts = acts + (value.float() - 1)[:, None] * 2.0 * direction
+    y = torch.nn.functional.one_hot(value, 3).bool()
+    q = class_mean_subspace(acts, y)
+    assert q.shape == (5, 2)
+    assert torch.allclose(q.t() @ q, torch.eye(2), atol=1e-5)
+    assert float((q.t() @ direction).norm()) > 0.99
+    assert class_mean_subspace(acts, y[:, :1]).shape == (5, 0)
+
+
 def test_scoring_and_circuit_discovery_run_on_tiny_model(tiny):
     b, model, x = tiny
     x2, _ = b.generate(16, np.random.default_rng(1))
     r = score_mlp(model, b, 0, x, x2, n_latents=8, k=2, sae_steps=5)
-    assert set(r["methods"]) == {"sae", "neurons", "probe", "none", "whole_mlp"}
+    assert set(r["methods"]) == {"sae", "neurons", "probe", "class_means", "none", "whole_mlp"}
     sae = r["methods"]["sae"]
     assert 0 <= sae["hungarian_mean_f1"] <= sae["mean_best_f1"] + 1e-6
     c = circuit_discovery(model, b, x)
