@@ -301,9 +301,8 @@ def patched_logits(
         present = group.any(1).tolist()
         group_masks = {s: group[i] for i, s in enumerate(sites) if present[i]}
         src_rows = source_index[at]
-        hooks = patch_hooks(
-            group_masks, {hook: src.index_select(0, src_rows) for hook, src in sources.items()}
-        )
+        group_sources = {s.hook: sources[s.hook].index_select(0, src_rows) for s in group_masks}
+        hooks = patch_hooks(group_masks, group_sources)
         layer, stage = divmod(code, _STAGES)
         tensors = [
             store[f"blocks.{layer}.{rest}"].index_select(0, at) for rest in _ENTRY_TENSORS[stage]

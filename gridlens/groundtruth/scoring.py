@@ -161,6 +161,12 @@ def class_mean_subspace(acts: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return q[:, : len(present) - 1]
 
 
+def _subspace_swap(q: torch.Tensor):
+    """Activation transform that takes the component in span(q) (orthonormal columns) from the
+    source and keeps the rest of the base."""
+    return lambda a, s: a + (s - a) @ q @ q.t()
+
+
 # ----------------------------------------------------------------------------- SAE scoring
 
 
@@ -350,24 +356,18 @@ def score_mlp(
             return a
 
         if probe_rows:
-            q, _ = torch.linalg.qr(probe_w[probe_rows].t())
+            probe_q, _ = torch.linalg.qr(probe_w[probe_rows].t())
         else:
-            q = torch.zeros(d_mlp, 0)
+            probe_q = torch.zeros(d_mlp, 0)
         own = tr["task"] == _task_index(bench, var)
         cols = [i for i, (v, _value) in enumerate(names) if v == var]
         means_q = class_mean_subspace(tr["acts"][own], y_tr[own][:, cols])
 
-        def probe_t(a, s, q=q):
-            return a + (s - a) @ q @ q.t()
-
-        def means_t(a, s, q=means_q):
-            return a + (s - a) @ q @ q.t()
-
         for method, fn in (
             ("sae", sae_t),
             ("neurons", neuron_t),
-            ("probe", probe_t),
-            ("class_means", means_t),
+            ("probe", _subspace_swap(probe_q)),
+            ("class_means", _subspace_swap(means_q)),
             ("none", lambda a, s: a),
             ("whole_mlp", lambda a, s: s),
         ):
