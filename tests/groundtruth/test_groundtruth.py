@@ -194,6 +194,20 @@ def run_patched(model, base, cache, site_masks):
     return model.run_with_hooks(base, fwd_hooks=iit.patch_hooks(site_masks, cache))
 
 
+def full_forward_total(model, bench, x, vals, perm, iit_m, strict_m, weights, cache):
+    """Reference for siit_losses: the weighted sum of the three losses, each from its own full
+    forward pass, the sources' activations taken from ``cache``."""
+    target = iit.hl_interchange(bench, x, {k: v[perm] for k, v in vals.items()}, iit_m)
+    node_masks = {n.site: m for n, m in zip(bench.nodes, iit_m, strict=True)}
+    iit_logits = run_patched(model, x, cache, node_masks)
+    strict = run_patched(model, x, cache, dict(zip(bench.unused, strict_m, strict=True)))
+    return (
+        weights[0] * iit.masked_ce(model(x), vals["output"])
+        + weights[1] * iit.masked_ce(iit_logits, target)
+        + weights[2] * iit.masked_ce(strict, vals["output"])
+    )
+
+
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
@@ -294,13 +308,7 @@ def test_shared_prefix_gives_the_gradient_of_full_forward_passes(subspaces):
     shared = [p.grad.clone() for p in model.parameters()]
     model.zero_grad(set_to_none=True)
     cache = iit.source_cache(model, x[perm], hooks_needed(bench))
-    target = iit.hl_interchange(bench, x, {k: v[perm] for k, v in vals.items()}, iit_m)
-    node_masks = {n.site: m for n, m in zip(bench.nodes, iit_m, strict=True)}
-    unused_masks = dict(zip(bench.unused, strict_m, strict=True))
-    total = weights[0] * iit.masked_ce(model(x), vals["output"])
-    total = total + weights[1] * iit.masked_ce(run_patched(model, x, cache, node_masks), target)
-    strict = run_patched(model, x, cache, unused_masks)
-    (total + weights[2] * iit.masked_ce(strict, vals["output"])).backward()
+    full_forward_total(model, bench, x, vals, perm, iit_m, strict_m, weights, cache).backward()
     for g, p in zip(shared, model.parameters(), strict=True):
         assert torch.allclose(g, p.grad, atol=1e-5)
     model.zero_grad(set_to_none=True)
@@ -337,12 +345,8 @@ def test_source_gradient_is_that_of_sources_run_with_gradient():
         cache[point.name] = a
 
     model.run_with_hooks(x[perm], fwd_hooks=[(h, keep) for h in hooks_needed(bench)])
-    target = iit.hl_interchange(bench, x, {k: v[perm] for k, v in vals.items()}, iit_m)
-    node_masks = {n.site: m for n, m in zip(bench.nodes, iit_m, strict=True)}
-    total = weights[0] * iit.masked_ce(model(x), vals["output"])
-    total = total + weights[1] * iit.masked_ce(run_patched(model, x, cache, node_masks), target)
-    strict = run_patched(model, x, cache, dict(zip(bench.unused, strict_m, strict=True)))
-    reference = grads(total + weights[2] * iit.masked_ce(strict, vals["output"]))
+    total = full_forward_total(model, bench, x, vals, perm, iit_m, strict_m, weights, cache)
+    reference = grads(total)
     for g, want in zip(with_source, reference, strict=True):
         assert torch.allclose(g, want, atol=1e-5)
     pairs = zip(with_source, detached, strict=True)
