@@ -413,10 +413,12 @@ def test_strict_sampling_modes(tiny):
         iit.TrainConfig(candidates=0)
 
 
-def test_evaluate_equals_one_full_forward_per_intervention():
+@pytest.mark.parametrize("subspaces", [False, True])
+def test_evaluate_equals_one_full_forward_per_intervention(subspaces):
     # evaluate shares one clean pass between all interventions and chunks the inputs; the
-    # reference runs each intervention as its own full forward with a separate source cache
-    bench = combined_benchmark(["parenthesis", "unique_extractor"], **TINY)
+    # reference runs each intervention as its own full forward with a separate source cache.
+    # With subspaces the MLP nodes are neuron ranges (rows enter at the MLP activations).
+    bench = combined_benchmark(["parenthesis", "unique_extractor"], subspaces=subspaces, **TINY)
     model = iit.make_model(bench, seed=6)
     x, _ = bench.generate(9, np.random.default_rng(6))
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(6))
