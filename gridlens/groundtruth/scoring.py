@@ -237,26 +237,30 @@ def _splice_accuracy(model, bench: Benchmark, tokens: torch.Tensor, hook: str, f
 
 
 def patched_iia(
-    model, bench: Benchmark, tokens: torch.Tensor, layer: int, var: str, transform
-) -> float:
-    """IIA for interchanging only ``var`` in the high-level model while the low-level MLP
-    activation is replaced by ``transform(base_act, source_act)``; base and source are both
-    inputs of the variable's task (sources: the same inputs rolled by one)."""
+    model, bench: Benchmark, tokens: torch.Tensor, layer: int, var: str, transforms: dict
+) -> dict[str, float]:
+    """IIA, per named transform, for interchanging only ``var`` in the high-level model while
+    the low-level MLP activation is replaced by ``transform(base_act, source_act)``; base and
+    source are both inputs of the variable's task (sources: the same inputs rolled by one). The
+    source cache and the high-level target are shared by all transforms."""
     k = _task_index(bench, var)
     own = tokens[bench.task_ids(tokens) == k]
     if len(own) < 2:
-        return float("nan")
+        return dict.fromkeys(transforms, float("nan"))
     src = torch.roll(own, 1, 0)
     hook = f"blocks.{layer}.mlp.hook_post"
     cache = source_cache(model, src, [hook])
-    with torch.no_grad():
-        logits = model.run_with_hooks(
-            own, fwd_hooks=[(hook, lambda a, p: transform(a, cache[hook]))]
-        )
     src_vals = bench.run_high_level(src)
     mask = torch.ones(len(own), dtype=torch.bool)
     target = bench.run_high_level(own, {var: (mask, src_vals[var])})["output"]
-    return _acc(logits, target, bench.task_ids(own), len(bench.tasks))[0]
+    out = {}
+    for name, transform in transforms.items():
+        with torch.no_grad():
+            logits = model.run_with_hooks(
+                own, fwd_hooks=[(hook, lambda a, p, t=transform: t(a, cache[hook]))]
+            )
+        out[name] = _acc(logits, target, bench.task_ids(own), len(bench.tasks))[0]
+    return out
 
 
 def score_mlp(
@@ -363,17 +367,17 @@ def score_mlp(
         cols = [i for i, (v, _value) in enumerate(names) if v == var]
         means_q = class_mean_subspace(tr["acts"][own], y_tr[own][:, cols])
 
-        for method, fn in (
-            ("sae", sae_t),
-            ("neurons", neuron_t),
-            ("probe", _subspace_swap(probe_q)),
-            ("class_means", _subspace_swap(means_q)),
-            ("none", lambda a, s: a),
-            ("whole_mlp", lambda a, s: s),
-        ):
-            methods.setdefault(method, {}).setdefault("iia", {})[var] = patched_iia(
-                model, bench, test_tokens, layer, var, fn
-            )
+        transforms = {
+            "sae": sae_t,
+            "neurons": neuron_t,
+            "probe": _subspace_swap(probe_q),
+            "class_means": _subspace_swap(means_q),
+            "none": lambda a, s: a,
+            "whole_mlp": lambda a, s: s,
+        }
+        iia = patched_iia(model, bench, test_tokens, layer, var, transforms)
+        for method, value in iia.items():
+            methods.setdefault(method, {}).setdefault("iia", {})[var] = value
     out["value_names"] = [f"{v}={_variable(bench, v).value_name(val)}" for v, val in names]
     out["methods"] = methods
     return out
