@@ -543,15 +543,7 @@ def train(
             for g in opt.param_groups:
                 g["lr"] = lr_at(epoch * n_batches + i)
             losses = siit_losses(
-                model,
-                bench,
-                base,
-                values,
-                src,
-                iit_m,
-                strict_m,
-                weights,
-                cfg.source_grad,
+                model, bench, base, values, src, iit_m, strict_m, weights, cfg.source_grad
             )
             opt.zero_grad(set_to_none=True)
             losses.total.backward()
