@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from gridlens.errors import CheckpointError, ConfigError
 from gridlens.groundtruth.spec import Benchmark, Site
+from gridlens.training.checkpoint import restore
 
 STRICT_MODES = ("one", "half", "all")
 
@@ -513,8 +514,7 @@ def train(
     gen = torch.Generator().manual_seed(cfg.seed)
     if checkpoint is not None and (checkpoint / "train_state.pt").exists():
         state = torch.load(checkpoint / "train_state.pt", weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        restore(model, opt, state, f"ground-truth model/optimiser ({checkpoint})")
         gen.set_state(state["generator"])
         result.history = state["history"]
         start_epoch, elapsed = state["epoch"], state["elapsed"]

@@ -490,6 +490,9 @@ def test_tiny_training_runs_and_resumes(tmp_path):
     cfg3 = iit.TrainConfig(batch_size=32, n_train_per_task=64, n_val_per_task=32, max_epochs=3)
     _, res3 = iit.train(b, cfg3, checkpoint=tmp_path / "ck")
     assert [r["epoch"] for r in res3.history] == [1, 2, 3]
+    wider = single_benchmark("left_greater", n_ctx=6, **{**TINY, "d_mlp": 2 * TINY["d_mlp"]})
+    with pytest.raises(CheckpointError, match="does not fit the ground-truth model"):
+        iit.train(wider, cfg3, checkpoint=tmp_path / "ck")
 
 
 def test_load_run_errors(tmp_path):
