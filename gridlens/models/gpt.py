@@ -310,6 +310,15 @@ class GridGPT(nn.Module):
         """
         return self._forward(tokens, self._active(), stop_at_layer, kv_cache, start, shifted)
 
+    def train_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`forward(tokens)` without input checks or hooks: the training step's forward. The
+        checks read token values on the host (a GPU sync per step) and break torch.compile's
+        graph; training batches come from the generator and are valid by construction."""
+        x = self.embed(self.model_input(tokens)) + self.pos[: tokens.shape[1]]
+        for layer, block in enumerate(self.blocks):
+            x = self._block(block, layer, x, _NO_HOOKS, None, 0)
+        return self.unembed(x)
+
     def _forward(
         self,
         tokens: torch.Tensor,

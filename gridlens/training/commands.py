@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,11 @@ _MODEL_FIELDS = ("d_model", "n_layers", "n_heads", "d_head", "d_mlp")
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--preset", default=None, help="Training preset: cpu (default), 37m or tiny.")
+@click.option(
+    "--preset",
+    default=None,
+    help="Training preset: cpu (default), gpu, gpu-small, 37m or tiny (README: Training).",
+)
 @click.option(
     "--config",
     "config_file",
@@ -69,6 +75,25 @@ _MODEL_FIELDS = ("d_model", "n_layers", "n_heads", "d_head", "d_mlp")
     help="Autocast dtype; auto = bf16 on CUDA, fp32 on CPU.",
 )
 @click.option("--threads", type=int, default=None, help="CPU threads (0: torch's default).")
+@click.option(
+    "--compile/--no-compile",
+    "compile",
+    default=None,
+    help="torch.compile the training step (the gpu presets do).",
+)
+@click.option(
+    "--data-workers",
+    type=int,
+    default=None,
+    help="Processes generating batches ahead (0: auto, on CUDA only).",
+)
+@click.option(
+    "--time-budget",
+    type=float,
+    default=None,
+    help="Seconds of training: --steps is then chosen from the step time measured in the "
+    "warm-up (0: off).",
+)
 @click.option("--eval-every", type=int, default=None)
 @click.option(
     "--eval-n", type=int, default=None, help="Quizzes per task and structure, periodic eval."
@@ -95,6 +120,7 @@ def train(
     \b
       gridlens train --preset cpu --out runs/cpu          # ~1 h on 2 CPU cores
       gridlens train --out runs/cpu --resume               # continue after an interruption
+      gridlens train --preset gpu --out runs/gpu           # GPU, bf16, compiled, ~9 min
       gridlens train --preset 37m --out runs/37m           # GPU, bf16
       torchrun --nproc-per-node 2 $(which gridlens) train --preset 37m --out runs/ddp
       gridlens train plot runs/cpu                         # curve.png from log.jsonl
@@ -130,16 +156,41 @@ def train(
 
     summary = run_training(cfg, out, resume=resume_from or resume, echo=click.echo)
     if summary.get("finished") and summary.get("main", True):
-        _finish_model_dir(Path(out), cfg)
+        _finish_model_dir(Path(out), summary["cfg"], run_record(summary))
         click.echo(f"done: {out}/model (load with gridlens.models.load), curve {out}/curve.png")
 
 
-def _finish_model_dir(out: Path, cfg) -> None:
-    """Put the training config and the final evaluation beside the weights, so the model
-    directory alone is what `gridlens eval` and the shipped default model need."""
+def run_record(summary: dict[str, Any]) -> dict[str, Any]:
+    """How a model was made: the command, the machine, the time and the tokens."""
+    import platform
+    import shlex
+
+    import torch
+
+    device = summary["model"].device
+    record = {
+        "command": shlex.join(["gridlens", *sys.argv[1:]]),
+        "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs)",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "train_seconds": round(summary["train_seconds"], 1),
+        "tokens": summary["tokens"],
+        "steps": summary["step"],
+    }
+    if device.type == "cuda":
+        record["gpu_minutes"] = round(summary["train_seconds"] / 60, 2)
+    return record
+
+
+def _finish_model_dir(out: Path, cfg, run: dict[str, Any] | None = None) -> None:
+    """Put the training config (with `extra.run`: how the model was made) and the final
+    evaluation beside the weights, so the model directory alone is what `gridlens eval` and
+    the shipped default model need."""
     model_dir = out / "model"
     if not model_dir.is_dir():
         return
+    if run is not None:
+        cfg = cfg.replace(extra={**cfg.extra, "run": run})
     (model_dir / TRAINING_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     for name in ("eval.json", "curve.png"):
         if (out / name).is_file():

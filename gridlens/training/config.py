@@ -37,6 +37,9 @@ RESUME_FREE_FIELDS = frozenset(
         "device",
         "final_eval_n",
         "plot",
+        "compile",
+        "time_budget",
+        "data_workers",
     }
 )
 
@@ -75,6 +78,13 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; or float32 / bfloat16
     threads: int = 0  # torch intra-op threads on CPU (0: leave torch's default)
+    compile: bool = False  # torch.compile the training step (pays on a GPU)
+    # processes generating batches ahead of the training step (0: half the CPUs, at most 8,
+    # on CUDA; none on CPU, where they would compete with the step for the cores)
+    data_workers: int = 0
+    # wall seconds for the training steps: `steps` is then set from the step time measured
+    # during the warm-up (0: train exactly `steps`)
+    time_budget: float = 0.0
     # bookkeeping
     log_every: int = 10
     eval_every: int = 0  # 0: no periodic evaluation
@@ -121,7 +131,14 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("warmup_steps", "eval_every", "checkpoint_every", "threads", "final_eval_n"):
+        for name in (
+            "warmup_steps",
+            "eval_every",
+            "checkpoint_every",
+            "threads",
+            "final_eval_n",
+            "data_workers",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
@@ -135,6 +152,15 @@ class TrainConfig:
             raise ConfigError(f"beta1/beta2 must lie in [0, 1), got {self.beta1}, {self.beta2}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ConfigError("weight_decay and grad_clip must be >= 0 (grad_clip 0: no clipping)")
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"compile must be true or false, got {self.compile!r}")
+        if not isinstance(self.time_budget, int | float) or not self.time_budget >= 0:
+            raise ConfigError(f"time_budget must be seconds >= 0, got {self.time_budget!r}")
+        if self.time_budget and self.warmup_steps < 20:
+            raise ConfigError(
+                "time_budget measures the step time during the warm-up: warmup_steps must be "
+                f">= 20, got {self.warmup_steps}"
+            )
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ConfigError(f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
         if self.d_model % self.n_heads:
@@ -274,6 +300,31 @@ def _register() -> None:
         eval_n=32,
         final_eval_n=250,
         checkpoint_every=1000,
+    )
+    # "gpu": the competent model, one GPU for about 9 minutes (training, evaluation and start
+    # together); 8 layers, 6.3M parameters. The step count comes from the time budget.
+    PRESETS["gpu"] = TrainConfig(
+        d_model=256,
+        n_layers=8,
+        n_heads=8,
+        d_head=32,
+        d_mlp=1024,
+        batch_size=256,
+        steps=20000,
+        lr=1.5e-3,
+        warmup_steps=200,
+        min_lr_ratio=0.05,
+        compile=True,
+        time_budget=420.0,
+        log_every=50,
+        eval_every=500,
+        eval_n=32,
+        final_eval_n=250,
+        checkpoint_every=1000,
+    )
+    # "gpu-small": the shape of the shipped default (cheap to analyse on a CPU), on a GPU.
+    PRESETS["gpu-small"] = PRESETS["gpu"].replace(
+        d_model=128, n_layers=4, n_heads=4, d_head=32, d_mlp=512, lr=3e-3
     )
     # "tiny": seconds on a CPU, for tests and smoke runs.
     PRESETS["tiny"] = TrainConfig(

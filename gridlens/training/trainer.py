@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from gridlens.training import checkpoint as ckpt
 from gridlens.training import distributed as dd
 from gridlens.training.config import TrainConfig
 from gridlens.training.data import QuizStream, TestSet
+from gridlens.training.throughput import Prefetcher, flops_per_token, peak_flops
 
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.jsonl"
@@ -70,7 +72,9 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: torch.nn.Module, cfg: TrainConfig, fused: bool = False
+) -> torch.optim.Optimizer:
     """AdamW; weight decay on matrices only (not on biases, LayerNorms or the embedding)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -80,6 +84,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
         {"params": no_decay, "weight_decay": 0.0},
     ]
     kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2)}
+    if fused:  # one kernel for all parameters (CUDA): the many small tensors cost launches
+        kwargs["fused"] = True
     return torch.optim.AdamW(groups, **kwargs)
 
 
@@ -174,8 +180,6 @@ def train(
 
 
 def _train(cfg, out, resume, stop_after, echo, world: dd.Dist, device) -> dict[str, Any]:
-    from gridlens.models import GridGPT, save
-
     if cfg.batch_size % world.world_size:
         raise ConfigError(
             f"batch_size {cfg.batch_size} must be divisible by the number of processes "
@@ -183,83 +187,283 @@ def _train(cfg, out, resume, stop_after, echo, world: dd.Dist, device) -> dict[s
         )
     if cfg.threads and device.type == "cpu":
         torch.set_num_threads(cfg.threads)
-    amp_dtype = resolve_dtype(cfg.dtype, device)
-    main = world.main
     state = _prepare_run_dir(cfg, out, resume, world)
     dd.barrier(world)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        _trim_log(out / LOG_FILE, int(state["step"]) if state is not None else 0)
-    log = _Log(out / LOG_FILE if main else None)
+    run = _Run(cfg, out, world, device, state, echo)
+    try:
+        step = run.loop(stop_after)
+    finally:
+        run.close()
+    summary: dict[str, Any] = {
+        "step": step,
+        "out": str(out),
+        "finished": step >= run.cfg.steps,
+        "dropped_test_quizzes": run.stream.dropped,
+        "main": world.main,
+        "model": run.model,
+        "cfg": run.cfg,
+        "tokens": step * run.tokens_per_step,
+        "train_seconds": run.train_seconds,
+    }
+    if summary["finished"] and world.main:
+        summary["eval"] = run.finish(step)
+    dd.barrier(world)
+    return summary
 
-    test_set = TestSet.build(cfg.tasks, cfg.test_pool, cfg.test_seed, cfg.height, cfg.width)
-    stream = QuizStream(
-        cfg.tasks,
-        cfg.structures,
-        cfg.noise,
-        cfg.batch_size // world.world_size,
-        cfg.seed,
-        world.rank,
-        test_set.hashes(),
-        cfg.height,
-        cfg.width,
-    )
-    model = GridGPT(cfg.model_config(), seed=cfg.seed).to(device)
-    optimizer = make_optimizer(model, cfg)
-    start = 0
-    if state is not None:
-        ckpt.restore(model, optimizer, state, "model/optimiser")
-        start = int(state["step"])
+
+class _Run:
+    """One training process: the model, optimiser, data and bookkeeping of a run, and the
+    training loop (`loop`), with its logging, checkpoints and evaluations."""
+
+    def __init__(self, cfg: TrainConfig, out: Path, world: dd.Dist, device, state, echo):
+        from gridlens.models import GridGPT
+
+        self.cfg, self.out, self.world, self.device, self.echo = cfg, out, world, device, echo
+        self.amp_dtype = resolve_dtype(cfg.dtype, device)
+        self.main = world.main
+        if self.main:
+            out.mkdir(parents=True, exist_ok=True)
+            self.write_config()
+            _trim_log(out / LOG_FILE, int(state["step"]) if state is not None else 0)
+        self.log = _Log(out / LOG_FILE if self.main else None)
+        self.test_set = TestSet.build(
+            cfg.tasks, cfg.test_pool, cfg.test_seed, cfg.height, cfg.width
+        )
+        self.stream = QuizStream(
+            cfg.tasks,
+            cfg.structures,
+            cfg.noise,
+            cfg.batch_size // world.world_size,
+            cfg.seed,
+            world.rank,
+            self.test_set.hashes(),
+            cfg.height,
+            cfg.width,
+        )
+        self.model = GridGPT(cfg.model_config(), seed=cfg.seed).to(device)
+        self.optimizer = make_optimizer(self.model, cfg, fused=device.type == "cuda")
+        self.start = 0
+        if state is not None:
+            self.restore(state)
+        self.model.train()
+        self.loss_fn = self.make_loss_fn()
+        self.tokens_per_step = cfg.batch_size * cfg.model_config().n_ctx
+        self.flops_per_step = flops_per_token(cfg.model_config()) * self.tokens_per_step
+        self.peak = peak_flops(device, self.amp_dtype)
+        if self.peak is not None:
+            self.peak *= world.world_size
+        self.bar = None
+        self.prefetch: Prefetcher | None = None
+        self.train_seconds = 0.0
+        self.last_saved = self.step_reached = self.start
+
+    def write_config(self) -> None:
+        (self.out / CONFIG_FILE).write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+
+    def restore(self, state: dict[str, Any]) -> None:
+        ckpt.restore(self.model, self.optimizer, state, "model/optimiser")
+        self.start = int(state["step"])
         if "rng" in state:
             ckpt.set_rng_state(state["rng"])
-        if main:
-            echo(f"resuming {out} at step {start}")
-            if int(state.get("world_size", 1)) != world.world_size:
-                echo(
+        if self.main:
+            self.echo(f"resuming {self.out} at step {self.start}")
+            if int(state.get("world_size", 1)) != self.world.world_size:
+                self.echo(
                     f"warning: the checkpoint was written by {state.get('world_size')} "
-                    f"process(es), this run has {world.world_size}: the data stream from here "
-                    "differs from an uninterrupted run's"
+                    f"process(es), this run has {self.world.world_size}: the data stream from "
+                    "here differs from an uninterrupted run's"
                 )
-    model.train()
-    net = model
-    if world.enabled:
-        from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+    def make_loss_fn(self):
+        """tokens -> loss: the forward under autocast and the loss, compiled if asked. One
+        process: `train_logits` (no checks, no host sync); several: through DDP."""
+        cfg, model = self.cfg, self.model
+        if self.world.enabled:
+            from torch.nn.parallel import DistributedDataParallel
 
-    def save_state(step: int) -> None:
-        if main:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            forward = DistributedDataParallel(model, device_ids=ids)
+        else:
+            forward = model.train_logits
+        use_amp = self.amp_dtype != torch.float32
+        device_type, amp_dtype = self.device.type, self.amp_dtype
+
+        def loss_fn(tokens: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(device_type, dtype=amp_dtype, enabled=use_amp):
+                logits = forward(tokens)
+            return sequence_loss(logits, tokens)
+
+        return torch.compile(loss_fn) if cfg.compile else loss_fn
+
+    # ------------------------------------------------------------------ the loop
+
+    def loop(self, stop_after: int | None) -> int:
+        """Train from self.start; returns the step reached. With a time budget the step count
+        is fixed during the warm-up (see `calibrate`)."""
+        cfg = self.cfg
+        if self.main and cfg.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=cfg.steps, initial=self.start, desc="train", dynamic_ncols=True, unit="step"
+            )
+        self.began = time.perf_counter()
+        step = self.start
+        try:
+            calibrate_at = cfg.warmup_steps // 2
+            if cfg.time_budget and step < calibrate_at:
+                middle = max(step, calibrate_at // 2)
+                step = self.steps(step, middle)
+                timed = self.synchronized_clock()
+                step = self.steps(step, calibrate_at)
+                per_step = (self.synchronized_clock() - timed) / (calibrate_at - middle)
+                self.calibrate(step, per_step)
+            end = self.cfg.steps if stop_after is None else min(self.cfg.steps, stop_after)
+            step = self.steps(step, end)
+        except KeyboardInterrupt:
+            self.interrupted(self.step_reached)
+            raise
+        self.train_seconds = time.perf_counter() - self.began
+        if self.bar is not None:
+            self.bar.close()
+        if step != self.last_saved:
+            self.save_state(step)
+        return step
+
+    def synchronized_clock(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def steps(self, step: int, end: int) -> int:
+        """Train steps [step, end); returns `end` (or the step reached when interrupted)."""
+        cfg = self.cfg
+        if (self.device.type == "cuda" or self.cfg.data_workers) and step < end:
+            workers = self.cfg.data_workers or min(8, max(1, (os.cpu_count() or 2) // 2))
+            self.prefetch = Prefetcher(self.stream, step, end, self.device, workers)
+        window = _Window(self.device)
+        self.step_reached = step
+        try:
+            while step < end:
+                loss, grad_norm = self.update(step)
+                step += 1  # right after the update: an interrupt checkpoint stays consistent
+                self.step_reached = step
+                window.add(loss)
+                if step % cfg.log_every == 0 or step == end:
+                    self.log_window(step, window, grad_norm)
+                if self.bar is not None:
+                    self.bar.update(1)
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    self.save_state(step)
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                    self.periodic_eval(step)
+        finally:
+            self.close_prefetch()
+        return step
+
+    def update(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        cfg, lr = self.cfg, lr_at(self.cfg, step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.prefetch is not None:
+            tokens = self.prefetch.get(step)
+        else:
+            tokens = self.stream.batch(step).to(self.device)
+        loss = self.loss_fn(tokens)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = None
+        if cfg.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        return loss.detach(), grad_norm
+
+    def calibrate(self, step: int, per_step: float) -> None:
+        """Fix `steps` so that the training ends within `time_budget` seconds, from the step
+        time measured over the second quarter of the warm-up (the first holds compilation)
+        and one evaluation's cost. Before the warm-up ends the schedule does not depend on
+        `steps`, so the run is the same as one started with the chosen `--steps`."""
+        cfg = self.cfg
+        per_step = dd.mean(per_step, self.world, self.device)
+        eval_s = 0.0
+        if cfg.eval_every:
+            began = time.perf_counter()
+            self.periodic_eval(step)
+            eval_s = (time.perf_counter() - began) / cfg.eval_every
+        left = cfg.time_budget - (time.perf_counter() - self.began)
+        steps = max(cfg.warmup_steps + 1, step + int(left / (per_step + eval_s)))
+        self.cfg = cfg.replace(steps=steps)
+        if self.main:
+            self.write_config()
+            record = {"step": step, "calibrated_steps": steps, "step_seconds": per_step}
+            self.log.write({**record, "eval_seconds_per_step": eval_s})
+            self.echo(
+                f"time budget {cfg.time_budget:.0f} s: {per_step * 1e3:.1f} ms per step, "
+                f"training for {steps} steps"
+            )
+        if self.bar is not None:
+            self.bar.total = steps
+            self.bar.refresh()
+
+    def log_window(self, step: int, window: _Window, grad_norm) -> None:
+        seconds, steps, mean_loss = window.close(self.world)
+        speed = self.tokens_per_step * steps / max(seconds, 1e-9)
+        record = {
+            "step": step,
+            "loss": mean_loss,
+            "lr": lr_at(self.cfg, step - 1),
+            "tokens_per_s": speed,
+            "time": time.time(),
+        }
+        if self.peak is not None:
+            record["mfu"] = self.flops_per_step * steps / max(seconds, 1e-9) / self.peak
+        if grad_norm is not None:
+            record["grad_norm"] = float(grad_norm)
+        if self.prefetch is not None:
+            record["data_gen_s"] = self.prefetch.gen_s
+            record["data_wait_s"] = self.prefetch.wait_s
+        self.log.write(record)
+        if self.bar is not None:
+            shown = {"loss": f"{mean_loss:.4f}", "tok_s": f"{speed:,.0f}"}
+            if "mfu" in record:
+                shown["mfu"] = f"{100 * record['mfu']:.1f}%"
+            self.bar.set_postfix(**shown, lr=f"{record['lr']:.2e}")
+
+    def save_state(self, step: int) -> None:
+        if self.main:
             ckpt.save_checkpoint(
                 {
-                    "config": cfg.to_dict(),
+                    "config": self.cfg.to_dict(),
                     "step": step,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": {"step": step, "lr": lr_at(cfg, step)},
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": {"step": step, "lr": lr_at(self.cfg, step)},
                     "rng": ckpt.rng_state(),
-                    "world_size": world.world_size,
+                    "world_size": self.world.world_size,
                 },
-                out,
+                self.out,
                 step,
-                cfg.keep_checkpoints,
+                self.cfg.keep_checkpoints,
             )
-        dd.barrier(world)
+        self.last_saved = step
+        dd.barrier(self.world)
 
-    def periodic_eval(step: int) -> None:
+    def evaluate(self, n: int, sampled: bool):
         from gridlens.training.evaluate import evaluate
 
-        if main:
-            result = evaluate(
-                model,
-                test_set,
-                cfg.tasks,
-                n=cfg.eval_n,
-                sampled=False,
-                autocast_dtype=amp_dtype if device.type == "cuda" else None,
-            )
+        return evaluate(
+            self.model,
+            self.test_set,
+            self.cfg.tasks,
+            n=n,
+            sampled=sampled,
+            batch_size=1024 if self.device.type == "cuda" else 256,
+            autocast_dtype=self.amp_dtype if self.device.type == "cuda" else None,
+        )
+
+    def periodic_eval(self, step: int) -> None:
+        if self.main:
+            result = self.evaluate(self.cfg.eval_n, sampled=False)
             record = {
                 "step": step,
                 "eval": {t: m["accuracy_greedy"] for t, m in result.tasks.items()},
@@ -267,125 +471,80 @@ def _train(cfg, out, resume, stop_after, echo, world: dd.Dist, device) -> dict[s
                 "eval_loss": result.overall["loss"],
                 "eval_accuracy": result.overall["accuracy_greedy"],
             }
-            log.write(record)
-            if bar is not None:
-                bar.write(
+            self.log.write(record)
+            if self.bar is not None:
+                self.bar.write(
                     f"step {step}: test accuracy {100 * record['eval_accuracy']:.1f}% "
-                    f"(greedy, {cfg.eval_n} per task and structure)"
+                    f"(greedy, {self.cfg.eval_n} per task and structure)"
                 )
-        dd.barrier(world)
+        dd.barrier(self.world)
 
-    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    bar = None
-    if main and cfg.progress:
-        from tqdm import tqdm
+    def interrupted(self, step: int) -> None:
+        if step != self.last_saved:
+            self.save_state(step)
+        if self.bar is not None:
+            self.bar.close()
+        if self.main:
+            self.echo(f"interrupted at step {step}; checkpoint saved, continue with --resume")
 
-        bar = tqdm(total=cfg.steps, initial=start, desc="train", dynamic_ncols=True, unit="step")
-    autocast = (
-        torch.autocast(device.type, dtype=amp_dtype)
-        if amp_dtype != torch.float32
-        else contextlib.nullcontext()
-    )
-    tokens_per_step = cfg.batch_size * cfg.model_config().n_ctx
-    window_loss = torch.zeros((), device=device, dtype=torch.float64)
-    window_steps, window_start = 0, time.perf_counter()
-    last_saved = start
-    step = start
-    try:
-        while step < end:
-            lr = lr_at(cfg, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            tokens = stream.batch(step).to(device, non_blocking=True)
-            with autocast:
-                logits = net(tokens)
-            loss = sequence_loss(logits, tokens)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = None
-            if cfg.grad_clip > 0:
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            step += 1  # right after the update: an interrupt checkpoint stays consistent
-            window_loss += loss.detach()
-            window_steps += 1
-            if step % cfg.log_every == 0 or step == end:
-                elapsed = time.perf_counter() - window_start
-                mean_loss = dd.mean(float(window_loss) / window_steps, world, device)
-                speed = tokens_per_step * window_steps / max(elapsed, 1e-9)
-                record = {
-                    "step": step,
-                    "loss": mean_loss,
-                    "lr": lr,
-                    "tokens_per_s": speed,
-                    "time": time.time(),
-                }
-                if grad_norm is not None:
-                    record["grad_norm"] = float(grad_norm)
-                log.write(record)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{speed:,.0f}", lr=f"{lr:.2e}")
-                window_loss.zero_()
-                window_steps, window_start = 0, time.perf_counter()
-            if bar is not None:
-                bar.update(1)
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                save_state(step)
-                last_saved = step
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-                periodic_eval(step)
-    except KeyboardInterrupt:
-        if step != last_saved:
-            save_state(step)
-        if bar is not None:
-            bar.close()
-        if main:
-            echo(f"interrupted at step {step}; checkpoint saved, continue with --resume")
-        raise
-    if bar is not None:
-        bar.close()
-    if step != last_saved:
-        save_state(step)
-    summary: dict[str, Any] = {
-        "step": step,
-        "out": str(out),
-        "finished": step >= cfg.steps,
-        "dropped_test_quizzes": stream.dropped,
-        "main": main,
-        "model": model,
-    }
-    if step < cfg.steps:
-        return summary
-    if main:
-        save(model, out / "model")
-        if cfg.final_eval_n:
-            from gridlens.training.evaluate import bar_chart, evaluate
+    def close_prefetch(self) -> None:
+        if self.prefetch is not None:
+            self.prefetch.close()
+            self.prefetch = None
 
-            result = evaluate(
-                model,
-                test_set,
-                cfg.tasks,
-                n=cfg.final_eval_n,
-                autocast_dtype=amp_dtype if device.type == "cuda" else None,
-            )
-            payload = {**result.to_json(), "model": str(out / "model"), "step": step}
-            _write_json(out / "eval.json", payload)
-            log.write(
+    def close(self) -> None:
+        self.close_prefetch()
+        if self.bar is not None:
+            self.bar.close()
+
+    def finish(self, step: int) -> dict[str, Any] | None:
+        """The final weights, evaluation, bar chart and curve (rank 0)."""
+        from gridlens.models import save
+
+        save(self.model, self.out / "model")
+        payload = None
+        if self.cfg.final_eval_n:
+            from gridlens.training.evaluate import bar_chart
+
+            result = self.evaluate(self.cfg.final_eval_n, sampled=True)
+            payload = {**result.to_json(), "model": str(self.out / "model"), "step": step}
+            _write_json(self.out / "eval.json", payload)
+            self.log.write(
                 {
                     "step": step,
                     "final_eval": {t: m["accuracy_greedy"] for t, m in result.tasks.items()},
                     "eval_accuracy": result.overall["accuracy_greedy"],
                 }
             )
-            bar_chart(result, out / "eval_bars.png", title=f"{out.name}: step {step}")
-            echo(result.table())
-            summary["eval"] = payload
-        if cfg.plot:
+            bar_chart(result, self.out / "eval_bars.png", title=f"{self.out.name}: step {step}")
+            self.echo(result.table())
+        if self.cfg.plot:
             from gridlens.training.plots import plot_curve
 
-            plot_curve(out / LOG_FILE, out / "curve.png")
-    dd.barrier(world)
-    return summary
+            plot_curve(self.out / LOG_FILE, self.out / "curve.png")
+        return payload
+
+
+class _Window:
+    """The mean loss and wall time of the steps since the last log record."""
+
+    def __init__(self, device):
+        self.device = device
+        self.loss = torch.zeros((), device=device, dtype=torch.float64)
+        self.count = 0
+        self.began = time.perf_counter()
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss += loss
+        self.count += 1
+
+    def close(self, world: dd.Dist) -> tuple[float, int, float]:
+        """(seconds, steps, mean loss over the processes), and start the next window."""
+        mean_loss = dd.mean(float(self.loss) / self.count, world, self.device)
+        seconds, steps = time.perf_counter() - self.began, self.count
+        self.loss.zero_()
+        self.count, self.began = 0, time.perf_counter()
+        return seconds, steps, mean_loss
 
 
 def _write_json(path: Path, data: Any) -> None:
