@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import time
-from concurrent.futures import Future
 
 import torch
 
@@ -53,26 +52,30 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
     return None
 
 
-_WORKER_STREAM = None  # the QuizStream of a prefetch worker process
+class _Batches(torch.utils.data.Dataset):
+    """Batch k of a QuizStream as item k, with the quizzes it dropped (they are in the test
+    pool) and the seconds its generation took."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, int, float]:
+        began = time.perf_counter()
+        before = self.stream.dropped
+        tokens = self.stream.batch(k)
+        return tokens, self.stream.dropped - before, time.perf_counter() - began
 
 
-def _init_worker(stream) -> None:
-    global _WORKER_STREAM
+def _one_thread(_worker: int) -> None:
     torch.set_num_threads(1)
-    _WORKER_STREAM = stream
-
-
-def _make_batch(k: int) -> tuple[torch.Tensor, int, float]:
-    """Batch k, the quizzes it dropped (test pool), and the seconds generation took."""
-    began = time.perf_counter()
-    before = _WORKER_STREAM.dropped
-    tokens = _WORKER_STREAM.batch(k)
-    return tokens, _WORKER_STREAM.dropped - before, time.perf_counter() - began
 
 
 class Prefetcher:
-    """Batches `stream.batch(k)` for k = start, ..., end - 1, generated `depth` ahead by
-    `workers` processes while the GPU computes.
+    """Batches `stream.batch(k)` for k = start, ..., end - 1, generated ahead by `workers`
+    processes (a torch DataLoader, forked: they start in milliseconds) while the GPU computes.
 
     `get(k)` returns batch k on `device`. Batch k depends on k alone, so prefetching changes
     no result. `gen_s` sums the workers' generation seconds and `wait_s` the seconds `get`
@@ -80,42 +83,36 @@ class Prefetcher:
 
     def __init__(self, stream, start: int, end: int, device: torch.device, workers: int = 4):
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
 
-        self.stream, self.device, self.end = stream, device, end
+        self.stream, self.device = stream, device
         self.gen_s = 0.0
         self.wait_s = 0.0
-        self._pool = ProcessPoolExecutor(
-            workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(stream,),
+        loader = torch.utils.data.DataLoader(
+            _Batches(stream),
+            batch_size=None,
+            sampler=range(start, end),
+            num_workers=workers,
+            prefetch_factor=2,
+            pin_memory=device.type == "cuda",
+            worker_init_fn=_one_thread,
+            multiprocessing_context=multiprocessing.get_context("fork"),
         )
-        self._pending: dict[int, Future] = {}
+        self._batches = iter(loader)
         self._next = start
-        self._depth = 2 * workers
-        for k in range(start, min(end, start + self._depth)):
-            self._pending[k] = self._pool.submit(_make_batch, k)
 
     def get(self, k: int) -> torch.Tensor:
-        if k not in self._pending:
-            raise RuntimeError(f"prefetcher: batch {k} was not scheduled")
+        if k != self._next:
+            raise RuntimeError(f"prefetcher: batch {self._next} is next, not {k}")
         began = time.perf_counter()
-        tokens, dropped, seconds = self._pending.pop(k).result()
+        tokens, dropped, seconds = next(self._batches)
         self.wait_s += time.perf_counter() - began
         self.gen_s += seconds
         self.stream.dropped += dropped
-        ahead = k + self._depth
-        if ahead < self.end and ahead not in self._pending:
-            self._pending[ahead] = self._pool.submit(_make_batch, ahead)
-        if self.device.type == "cuda":
-            tokens = tokens.pin_memory()
+        self._next += 1
         return tokens.to(self.device, non_blocking=True)
 
     def close(self) -> None:
-        for future in self._pending.values():
-            future.cancel()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._batches = None  # the DataLoader iterator stops its workers when deleted
 
 
 __all__ = ["PEAK_BF16_FLOPS", "Prefetcher", "flops_per_token", "peak_flops"]

@@ -308,18 +308,9 @@ class _Run:
                 total=cfg.steps, initial=self.start, desc="train", dynamic_ncols=True, unit="step"
             )
         self.began = time.perf_counter()
-        step = self.start
+        self.stop_after = stop_after
         try:
-            calibrate_at = cfg.warmup_steps // 2
-            if cfg.time_budget and step < calibrate_at:
-                middle = max(step, calibrate_at // 2)
-                step = self.steps(step, middle)
-                timed = self.synchronized_clock()
-                step = self.steps(step, calibrate_at)
-                per_step = (self.synchronized_clock() - timed) / (calibrate_at - middle)
-                self.calibrate(step, per_step)
-            end = self.cfg.steps if stop_after is None else min(self.cfg.steps, stop_after)
-            step = self.steps(step, end)
+            step = self.steps(self.start)
         except KeyboardInterrupt:
             self.interrupted(self.step_reached)
             raise
@@ -335,31 +326,52 @@ class _Run:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
-    def steps(self, step: int, end: int) -> int:
-        """Train steps [step, end); returns `end` (or the step reached when interrupted)."""
+    def end(self) -> int:
+        return self.cfg.steps if self.stop_after is None else min(self.cfg.steps, self.stop_after)
+
+    def steps(self, step: int) -> int:
+        """Train from `step` to the end; returns the step reached. With a time budget, the
+        steps between the first and the second quarter of the warm-up are timed (after
+        compilation) and `calibrate` then fixes the end."""
         cfg = self.cfg
-        if (self.device.type == "cuda" or self.cfg.data_workers) and step < end:
-            workers = self.cfg.data_workers or min(8, max(1, (os.cpu_count() or 2) // 2))
-            self.prefetch = Prefetcher(self.stream, step, end, self.device, workers)
+        calibrate_at = cfg.warmup_steps // 2 if cfg.time_budget else -1
+        timed_from = max(step, calibrate_at // 2)
+        timer = self.synchronized_clock() if step == timed_from else None
+        if (self.device.type == "cuda" or cfg.data_workers) and step < self.end():
+            workers = cfg.data_workers or min(8, max(1, (os.cpu_count() or 2) // 2))
+            self.prefetch = Prefetcher(self.stream, step, self.end(), self.device, workers)
         window = _Window(self.device)
-        self.step_reached = step
         try:
-            while step < end:
+            while step < self.end():
                 loss, grad_norm = self.update(step)
                 step += 1  # right after the update: an interrupt checkpoint stays consistent
                 self.step_reached = step
                 window.add(loss)
-                if step % cfg.log_every == 0 or step == end:
-                    self.log_window(step, window, grad_norm)
-                if self.bar is not None:
-                    self.bar.update(1)
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                    self.save_state(step)
-                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-                    self.periodic_eval(step)
+                if step == timed_from:
+                    timer = self.synchronized_clock()
+                if step == calibrate_at and timer is not None:
+                    per_step = (self.synchronized_clock() - timer) / (step - timed_from)
+                    began = time.perf_counter()
+                    self.calibrate(step, per_step)
+                    window.began += time.perf_counter() - began
+                self.after_step(step, window, grad_norm)
         finally:
             self.close_prefetch()
         return step
+
+    def after_step(self, step: int, window: _Window, grad_norm) -> None:
+        """Logging, the progress bar, checkpoints and periodic evaluations."""
+        cfg = self.cfg
+        if step % cfg.log_every == 0 or step == self.end():
+            self.log_window(step, window, grad_norm)
+        if self.bar is not None:
+            self.bar.update(1)
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            self.save_state(step)
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+            began = time.perf_counter()
+            self.periodic_eval(step)
+            window.began += time.perf_counter() - began  # tokens/s counts training alone
 
     def update(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg, lr = self.cfg, lr_at(self.cfg, step)
