@@ -82,6 +82,11 @@ _MODEL_FIELDS = ("d_model", "n_layers", "n_heads", "d_head", "d_mlp")
     help="torch.compile the training step (the gpu presets do).",
 )
 @click.option(
+    "--init-from",
+    default=None,
+    help="Start from this model's weights (a folder, a file or 'default'): continued training.",
+)
+@click.option(
     "--data-workers",
     type=int,
     default=None,

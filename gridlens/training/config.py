@@ -78,6 +78,9 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; or float32 / bfloat16
     threads: int = 0  # torch intra-op threads on CPU (0: leave torch's default)
+    # a model (a folder, a file or "default") whose weights start the run instead of the
+    # random initialisation: continued training; its shape must be this config's
+    init_from: str = ""
     compile: bool = False  # torch.compile the training step (pays on a GPU)
     # processes generating batches ahead of the training step (0: half the CPUs, at most 8,
     # on CUDA; none on CPU, where they would compete with the step for the cores)
@@ -152,6 +155,8 @@ class TrainConfig:
             raise ConfigError(f"beta1/beta2 must lie in [0, 1), got {self.beta1}, {self.beta2}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ConfigError("weight_decay and grad_clip must be >= 0 (grad_clip 0: no clipping)")
+        if not isinstance(self.init_from, str):
+            raise ConfigError(f"init_from must be a path or model name, got {self.init_from!r}")
         if not isinstance(self.compile, bool):
             raise ConfigError(f"compile must be true or false, got {self.compile!r}")
         if not isinstance(self.time_budget, int | float) or not self.time_budget >= 0:

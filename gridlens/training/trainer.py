@@ -245,6 +245,8 @@ class _Run:
         self.start = 0
         if state is not None:
             self.restore(state)
+        elif cfg.init_from:
+            self.initialise_from(cfg.init_from)
         self.model.train()
         self.loss_fn = self.make_loss_fn()
         self.tokens_per_step = cfg.batch_size * cfg.model_config().n_ctx
@@ -273,6 +275,21 @@ class _Run:
                     f"process(es), this run has {self.world.world_size}: the data stream from "
                     "here differs from an uninterrupted run's"
                 )
+
+    def initialise_from(self, source: str) -> None:
+        """Start from the weights of another model of the same shape (continued training)."""
+        from gridlens.models import load
+
+        donor = load(source)
+        if donor.cfg.to_dict() != self.model.cfg.to_dict():
+            mine, theirs = self.model.cfg.to_dict(), donor.cfg.to_dict()
+            diffs = [f"{k}: {theirs[k]!r} vs {mine[k]!r}" for k in mine if mine[k] != theirs[k]]
+            raise ConfigError(
+                f"init_from {source}: its shape differs from this run's ({'; '.join(diffs)})"
+            )
+        self.model.load_state_dict(donor.state_dict())
+        if self.main:
+            self.echo(f"initialised from the weights of {source}")
 
     def make_loss_fn(self):
         """tokens -> loss: the forward under autocast and the loss, compiled if asked. One
