@@ -5,9 +5,10 @@
 #
 # Runs from a bare checkout (no install: PYTHONPATH points at the repository) on a machine with
 # Python, PyTorch, numpy, safetensors, matplotlib, scipy, click, tqdm and pillow. For each
-# PRESET:SECONDS in $RUNS (default "gpu:300 gpu-small:120"), one after the other so that each
+# PRESET:SECONDS in $RUNS (default "gpu:320 gpu-small:140": about 9.5 minutes in all, within
+# one 10-minute command of a 15-minute H200 lease), one after the other so that each
 # has the GPU to itself (the time budget is calibrated on the measured step time):
-#   0. first, for every preset, $BENCH_STEPS (60) steps without torch.compile: the eager step
+#   0. if BENCH_STEPS > 0, for every preset that many steps without torch.compile: the eager step
 #      time beside the compiled one of the run (tokens_per_s and mfu in OUT/bench_PRESET.jsonl);
 #   1. `gridlens train --preset PRESET --time-budget SECONDS` (bf16, torch.compile; if the run
 #      dies before its first checkpoint, once more without compile);
@@ -18,14 +19,14 @@
 #      (pieces under 15 MiB; `cat OUT/PRESET.tar.gz.part* | tar xz` unpacks).
 # Everything printed also goes to OUT/gpu_train.log. Variables: RUNS, EVAL_N (250), DEVICE
 # (cuda), PYTHON (python3), WORK (/tmp/gridlens-gpu), EXTRA (more `train` options),
-# BENCH_STEPS (0: no eager measurement).
+# BENCH_STEPS (0).
 set -uo pipefail
 out=${1:?usage: scripts/gpu_train.sh OUT}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-python3}
 work=${WORK:-/tmp/gridlens-gpu}
-runs=${RUNS:-"gpu:300 gpu-small:120"}
-bench_steps=${BENCH_STEPS:-60}
+runs=${RUNS:-"gpu:320 gpu-small:140"}
+bench_steps=${BENCH_STEPS:-0}
 eval_n=${EVAL_N:-250}
 device=${DEVICE:-cuda}
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
