@@ -1,10 +1,11 @@
-# Two entry points: `make demo` (the main job) and `make test` (the test suite).
-# Both create .venv, install torch==2.13.0 first (the CPU wheel), then the project.
+# Two entry points: `make report` (the main job: the report of the shipped model) and
+# `make test` (the test suite). Both create .venv, install torch==2.13.0 first (the CPU wheel),
+# then the project. `make demo` draws a gallery of quizzes.
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install
+.PHONY: report demo test lint install
 
 $(BIN)/gridlens: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +14,9 @@ $(BIN)/gridlens: pyproject.toml
 	touch $@
 
 install: $(BIN)/gridlens
+
+report: install
+	$(BIN)/gridlens report
 
 demo: install
 	$(BIN)/gridlens world gallery --out gallery.png
