@@ -137,10 +137,19 @@ def test_population_layout(tmp_path):
     )
     a, b = (weights(tmp_path / "pop" / f"model_{k}" / "model") for k in range(2))
     assert not same_weights(a, b)
-    # resuming a finished population does nothing and succeeds
+    # resuming a finished population trains nothing: every member says so, weights unchanged
+    said = []
     train_population(
-        tiny_config(steps=2, checkpoint_every=2), tmp_path / "pop", 2, resume=True, echo=silent
+        tiny_config(steps=2, checkpoint_every=2),
+        tmp_path / "pop",
+        2,
+        resume=True,
+        echo=said.append,
     )
+    assert [line for line in said if "finished already" in line] == [
+        f"member {k}: finished already ({tmp_path / 'pop' / f'model_{k}'})" for k in range(2)
+    ]
+    assert same_weights(a, weights(tmp_path / "pop" / "model_0" / "model"))
 
 
 def run_cli(capsys, *args):
