@@ -81,8 +81,9 @@ save(resolve_model(str(latest_checkpoint(sys.argv[1])))[0], sys.argv[1] + "/mode
     fi
     [ -d "$dir/model" ] || continue
     echo "== $preset: evaluation on test seed 1"
+    # progress bars to a file: the reply of a lent machine carries only the end of the output
     "$py" -m gridlens eval "$dir/model" --seed 1 -n "$eval_n" --device "$device" \
-        --json "$dir/eval_seed1.json"
+        --json "$dir/eval_seed1.json" 2>"$dir/eval_seed1.err" || tail -5 "$dir/eval_seed1.err"
     echo "== $preset: $(($(date +%s) - began)) s in all"
     (cd "$work" && tar czf - --exclude=checkpoints "$preset") |
         split -b 15m -d - "$out/$preset.tar.gz.part"
