@@ -29,6 +29,14 @@ import torch.nn.functional as F
 
 from gridlens.errors import CheckpointError, ConfigError
 from gridlens.groundtruth.spec import Benchmark, Site
+from gridlens.integrity import (
+    load_pickle,
+    seal_payload,
+    seal_safetensors,
+    verify_payload,
+    verify_safetensors,
+)
+from gridlens.io import atomic_write
 from gridlens.training.checkpoint import restore
 
 STRICT_MODES = ("one", "half", "all")
@@ -479,6 +487,29 @@ def make_model(bench: Benchmark, seed: int = 0):
     return GridGPT(bench.config, seed=seed)
 
 
+_STATE_TYPES = {"history": list, "epoch": int, "elapsed": float, "generator": torch.Tensor}
+
+
+def _save_train_state(path: Path, state: dict) -> None:
+    """Write the resumable training state atomically, with its checksum."""
+    atomic_write(path, lambda handle: torch.save(seal_payload(state), handle))
+
+
+def _load_train_state(path: Path) -> dict:
+    """The training state written by `_save_train_state`: weights-only, checksum verified, and
+    of the expected shape (a foreign or damaged file is a CheckpointError)."""
+    state = load_pickle(path, "ground-truth training state")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a ground-truth training state")
+    verify_payload(state, path)
+    for key, kind in _STATE_TYPES.items():
+        if not isinstance(state.get(key), kind):
+            raise CheckpointError(f"{path}: field {key!r} is missing or not a {kind.__name__}")
+    if state.get("reached_epoch") is not None and not state["history"]:
+        raise CheckpointError(f"{path}: reached an epoch but records no history")
+    return state
+
+
 def train(
     bench: Benchmark,
     cfg: TrainConfig,
@@ -513,9 +544,12 @@ def train(
     start_epoch, elapsed = 0, 0.0
     gen = torch.Generator().manual_seed(cfg.seed)
     if checkpoint is not None and (checkpoint / "train_state.pt").exists():
-        state = torch.load(checkpoint / "train_state.pt", weights_only=False)
+        state = _load_train_state(checkpoint / "train_state.pt")
         restore(model, opt, state, f"ground-truth model/optimiser ({checkpoint})")
-        gen.set_state(state["generator"])
+        try:
+            gen.set_state(state["generator"])
+        except (RuntimeError, TypeError) as error:
+            raise CheckpointError(f"{checkpoint}/train_state.pt: bad generator state") from error
         result.history = state["history"]
         start_epoch, elapsed = state["epoch"], state["elapsed"]
         if state.get("reached_epoch") is not None:
@@ -585,8 +619,8 @@ def train(
         if progress:
             progress(row)
         if checkpoint is not None and "accuracy" in row:
-            checkpoint.mkdir(parents=True, exist_ok=True)
-            torch.save(
+            _save_train_state(
+                checkpoint / "train_state.pt",
                 {
                     "model": model.state_dict(),
                     "optimizer": opt.state_dict(),
@@ -597,7 +631,6 @@ def train(
                     "reached_epoch": result.reached_epoch,
                     "reached_seconds": result.reached_seconds,
                 },
-                checkpoint / "train_state.pt",
             )
         if done:
             break
@@ -619,12 +652,8 @@ def save_run(
     benchmark_name: str,
     model_overrides: dict[str, int] | None = None,
 ) -> None:
-    from safetensors.torch import save_file
-
-    path.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "model.safetensors")
-    )
+    blob = seal_safetensors({k: v.contiguous() for k, v in model.state_dict().items()})
+    atomic_write(path / "model.safetensors", lambda handle: handle.write(blob))
     meta = {
         "format": "gridlens-groundtruth-1",
         "benchmark": benchmark_name,
@@ -647,6 +676,7 @@ def save_run(
 
 def load_run(path: Path):
     """(model, benchmark, meta) from a directory written by :func:`save_run`."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from gridlens.groundtruth.spec import get_benchmark
@@ -671,10 +701,12 @@ def load_run(path: Path):
     )
     cfg = GridGPTConfig.from_dict(meta["config"], source=str(meta_file))
     model = GridGPT(cfg, seed=None)
+    weights = Path(path) / "model.safetensors"
     try:
-        model.load_state_dict(load_file(str(Path(path) / "model.safetensors")))
-    except (RuntimeError, OSError) as error:
-        raise CheckpointError(f"{Path(path) / 'model.safetensors'}: {error}") from None
+        model.load_state_dict(load_file(str(weights)))
+    except (RuntimeError, OSError, SafetensorError) as error:
+        raise CheckpointError(f"{weights}: {error}") from None
+    verify_safetensors(weights)
     model.eval()
     return model, bench, meta
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from gridlens.errors import ConfigError
+from gridlens.errors import CheckpointError, ConfigError
 
 TRAINING_FILE = "training.json"  # the training config, beside a model's config.json
 
@@ -169,9 +169,10 @@ def plot(run_dir: str, png: str | None) -> None:
 def resolve_model(spec: str, device: str = "cpu"):
     """(model, training config dict or None, path) for `default`, a run directory, a model
     directory/file in any format gridlens.models.load reads, or a training checkpoint (.pt)."""
+    from gridlens.integrity import load_pickle
     from gridlens.models import GridGPT, load
     from gridlens.models.checkpoints import resolve_default
-    from gridlens.training.checkpoint import FORMAT, load_checkpoint
+    from gridlens.training.checkpoint import check_checkpoint, is_checkpoint
     from gridlens.training.config import TrainConfig
 
     if spec == "default":
@@ -186,18 +187,15 @@ def resolve_model(spec: str, device: str = "cpu"):
             path = path / "model"  # a run directory
     training = None
     if path.is_file() and path.suffix == ".pt":
-        import torch
-
-        head = None
-        try:
-            head = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
-            head = None
-        if isinstance(head, dict) and head.get("format") == FORMAT:
-            state = load_checkpoint(path)
-            cfg = TrainConfig.from_dict(state["config"], str(path))
+        head = load_pickle(path, "checkpoint")
+        if is_checkpoint(head):
+            check_checkpoint(head, path)
+            cfg = TrainConfig.from_dict(head["config"], str(path))
             model = GridGPT(cfg.model_config(), seed=0)
-            model.load_state_dict(state["model"])
+            try:
+                model.load_state_dict(head["model"])
+            except (RuntimeError, KeyError, TypeError) as error:
+                raise CheckpointError(f"{path}: weights do not fit its config ({error})") from None
             return model.to(device).eval(), cfg.to_dict(), path
     model = load(path, device=device).eval()
     for candidate in (

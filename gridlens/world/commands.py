@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from gridlens.errors import ConfigError, GridlensError, TokenError
+from gridlens.integrity import load_pickle
 
 STRUCTURE_HELP = (
     "forward (A, f_A, B, f_B), inverse, backward, backward_inverse, generation, a comma-separated "
@@ -225,7 +226,7 @@ def _load_tokens(path: Path, task: str) -> torch.Tensor:
                 raise TokenError(f"{path}: no tensor named 'tokens'")
             return torch.as_tensor(data["tokens"])
         if suffix in (".pt", ".pth"):
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            data = load_pickle(path, "token file", TokenError)
             if isinstance(data, dict) and "tokens" in data:
                 data = data["tokens"]
             if not isinstance(data, torch.Tensor):
