@@ -58,14 +58,17 @@ def load_pickle(
     except pickle.UnpicklingError as refused:
         if "Weights only load failed" not in str(refused):
             raise error(f"{p}: corrupted or unreadable {what} ({_first_line(refused)})") from None
+        reason = _refusal(refused)
+        if "GLOBAL" not in reason:  # an opcode the safe unpickler does not know: garbage
+            raise error(f"{p}: corrupted or unreadable {what} (refused: {reason})") from None
         raise error(
             f"{p}: refused to load: the file is a pickle that would run code or build objects "
-            f"other than tensors ({_refusal(refused)}); gridlens reads pickles weights-only"
+            f"other than tensors ({reason}); gridlens reads pickles weights-only"
         ) from None
     except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError, LookupError,
             AttributeError, TypeError, UnicodeDecodeError) as damaged:  # fmt: skip
         raise error(
-            f"{p}: corrupted or unreadable {what} (truncated, damaged or not a torch file: "
+            f"{p}: corrupted or unreadable {what} (truncated or corrupt file? "
             f"{type(damaged).__name__}: {_first_line(damaged)})"
         ) from None
 

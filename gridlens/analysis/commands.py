@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from gridlens.errors import ConfigError
+from gridlens.io import OutputPath
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -41,7 +42,7 @@ def _common(function: Callable) -> Callable:
         click.option("--seed", type=int, default=0, show_default=True),
         click.option(
             "--out",
-            type=click.Path(file_okay=False),
+            type=OutputPath("dir"),
             default="analysis",
             show_default=True,
             help="Folder for the PNGs and JSON.",

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from gridlens.errors import ConfigError
-from gridlens.io import atomic_write
+from gridlens.io import OutputPath, atomic_write
 
 
 def _common(fn: Callable) -> Callable:
@@ -46,7 +46,7 @@ def _common(fn: Callable) -> Callable:
             "--out",
             "out_dir",
             required=True,
-            type=click.Path(file_okay=False),
+            type=OutputPath("dir"),
             help="output folder for PNG and JSON",
         ),
     ]

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from gridlens.errors import CheckpointError, ConfigError
+from gridlens.io import OutputPath
 
 TRAINING_FILE = "training.json"  # the training config, beside a model's config.json
 
@@ -26,7 +27,7 @@ _MODEL_FIELDS = ("d_model", "n_layers", "n_heads", "d_head", "d_mlp")
 )
 @click.option(
     "--out",
-    type=click.Path(file_okay=False),
+    type=OutputPath("dir"),
     default=None,
     help="Run directory (checkpoints, log.jsonl, model/, eval.json, curve.png).",
 )
@@ -110,6 +111,8 @@ def train(
     if no_progress:
         overrides["progress"] = False
     resuming = bool(resume or resume_from)
+    if not resuming:
+        _check_fresh_out(Path(out))
     if resuming and population is None and preset is None and config_file is None:
         base = resume_config(out).to_dict()
         cfg = TrainConfig.from_dict({**base, **overrides}, "options")
@@ -134,6 +137,30 @@ def train(
         click.echo(f"done: {out}/model (load with gridlens.models.load), curve {out}/curve.png")
 
 
+def _check_fresh_out(out: Path) -> None:
+    """Refuse to start a run in a folder that holds files other than a run's: the run would
+    overwrite them (a folder holding a run is refused later, with a hint to --resume)."""
+    from gridlens.training.checkpoint import checkpoint_dir
+    from gridlens.training.config import TrainConfig
+    from gridlens.training.trainer import CONFIG_FILE, LOG_FILE
+
+    if not out.is_dir() or checkpoint_dir(out).is_dir() or (out / "model").exists():
+        return
+    others = sorted(p.name for p in out.iterdir() if p.name not in (CONFIG_FILE, LOG_FILE))
+    config = out / CONFIG_FILE
+    if config.is_file() and not others:
+        try:
+            TrainConfig.from_dict(json.loads(config.read_text()), str(config))
+            return  # what a run killed before its first checkpoint leaves
+        except (ValueError, TypeError, AttributeError, ConfigError):
+            others = [CONFIG_FILE]
+    if others:
+        raise ConfigError(
+            f"{out}: not empty and not a training run (holds {', '.join(others[:5])}); "
+            "choose a new or empty --out"
+        )
+
+
 def _finish_model_dir(out: Path, cfg) -> None:
     """Put the training config and the final evaluation beside the weights, so the model
     directory alone is what `gridlens eval` and the shipped default model need."""
@@ -150,7 +177,7 @@ def _finish_model_dir(out: Path, cfg) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option(
     "--png",
-    type=click.Path(dir_okay=False),
+    type=OutputPath("file"),
     default=None,
     help="Output PNG (default RUN_DIR/curve.png).",
 )
@@ -217,19 +244,19 @@ def resolve_model(spec: str, device: str = "cpu"):
 @click.option(
     "--json",
     "json_path",
-    type=click.Path(dir_okay=False),
+    type=OutputPath("file"),
     default=None,
     help="Write the metrics as JSON here.",
 )
 @click.option(
     "--out",
-    type=click.Path(file_okay=False),
+    type=OutputPath("dir"),
     default=None,
     help="Write eval.json, bars.png and failures.png into this directory.",
 )
-@click.option("--bars", type=click.Path(dir_okay=False), default=None, help="Bar chart PNG.")
+@click.option("--bars", type=OutputPath("file"), default=None, help="Bar chart PNG.")
 @click.option(
-    "--gallery", type=click.Path(dir_okay=False), default=None, help="Failure gallery PNG."
+    "--gallery", type=OutputPath("file"), default=None, help="Failure gallery PNG."
 )
 @click.option(
     "--tasks", default=None, help="Tasks (default: those the model was trained on, else the 8)."
