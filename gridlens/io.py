@@ -79,8 +79,8 @@ def _nearest_existing(path: Path) -> Path:
 
 def check_writable(path: str | os.PathLike, kind: str = "file") -> Path:
     """Raise OutputError now, before any long work, if `path` (a "file", a "dir" or "any" of
-    the two, that a command will write) cannot be created: a non-folder on the way, a folder we may not write
-    in, a full disk. Creates nothing (a probe file is made and removed)."""
+    the two, that a command will write) cannot be created: a non-folder on the way, a folder
+    we may not write in, a full disk. Creates nothing (a probe file is made and removed)."""
     if str(path).strip() == "":
         raise OutputError("an empty output path; name a file or folder")
     path = Path(path).absolute()

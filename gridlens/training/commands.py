@@ -122,6 +122,7 @@ def train(
             file=config_file,
             overrides=overrides,
         )
+    _check_feasible(cfg)
     if population is not None:
         from gridlens.training.population import train_population
 
@@ -135,6 +136,25 @@ def train(
     if summary.get("finished") and summary.get("main", True):
         _finish_model_dir(Path(out), cfg)
         click.echo(f"done: {out}/model (load with gridlens.models.load), curve {out}/curve.png")
+
+
+#: Quizzes a run may draw; far beyond any run (the 37M models saw about 10^8).
+MAX_QUIZZES = 10**12
+
+
+def _check_feasible(cfg) -> None:
+    """Refuse a run whose batch cannot fit in memory or that would never end."""
+    from gridlens.resources import check_fits
+
+    m = cfg.model_config()
+    per_quiz = m.n_ctx * m.n_layers * (12 * m.d_model + 2 * m.d_mlp) * 4  # activations kept
+    check_fits(cfg.batch_size * per_quiz, f"a training batch of {cfg.batch_size} quizzes")
+    if cfg.steps * cfg.batch_size > MAX_QUIZZES:
+        raise ConfigError(
+            f"{cfg.steps} steps of {cfg.batch_size} quizzes would draw "
+            f"{cfg.steps * cfg.batch_size:.3g} quizzes, more than {MAX_QUIZZES:.0e}: it would "
+            "never finish; ask for fewer steps"
+        )
 
 
 def _check_fresh_out(out: Path) -> None:
