@@ -7,11 +7,13 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import click
 
 from gridlens.errors import OutputError
+
+T = TypeVar("T")
 
 #: Less free space than this where an output goes is treated as a full disk.
 MIN_FREE_BYTES = 16 * 2**20
@@ -118,16 +120,18 @@ class OutputPath(click.ParamType):
         return str(value)
 
 
-def rescue_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
-    """`atomic_write(path, write)`; if that fails (a disk that filled up, a folder removed
-    meanwhile), write the same bytes to a new temporary folder and raise OutputError naming it,
-    so finished results are never lost."""
+def save_or_rescue(write: Callable[[Callable[[Path], Path]], T], what: str) -> T:
+    """Run `write(place)`, which writes each of its outputs to `place(path)`, with `place` the
+    identity; if that fails (a disk that filled up, a folder removed meanwhile), write the
+    outputs again into one new temporary folder and raise OutputError naming it, so finished
+    results are never lost."""
     try:
-        return atomic_write(path, write)
+        return write(Path)
     except OSError as error:
-        spare = Path(tempfile.mkdtemp(prefix="gridlens-rescued-")) / Path(path).name
-        atomic_write(spare, write)
+        spare = Path(tempfile.mkdtemp(prefix="gridlens-rescued-"))
+        write(lambda path: spare / Path(path).name)
+        where = f"{error.filename}: " if error.filename else ""
         raise OutputError(
-            f"{path}: could not write ({error.strerror or error}); the results were saved to "
-            f"{spare} instead"
+            f"could not write the {what} ({where}{error.strerror or error}); "
+            f"they were saved to {spare} instead"
         ) from None

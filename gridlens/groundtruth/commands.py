@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from gridlens.errors import ConfigError
-from gridlens.io import OutputPath
+from gridlens.io import OutputPath, save_or_rescue
 
 
 @click.group()
@@ -143,8 +143,13 @@ def train(
     model, result = run_train(
         b, cfg, progress=progress, checkpoint=out / "checkpoint" if resume else None
     )
-    save_run(out, model, b, cfg, result, subspaces, bench, widths)
-    training_curves(result.history, out / "training.png", b.name)
+
+    def write(place) -> None:
+        folder = place(out)
+        save_run(folder, model, b, cfg, result, subspaces, bench, widths)
+        training_curves(result.history, folder / "training.png", b.name)
+
+    save_or_rescue(write, "trained model and its metrics")
     f = result.final
     status = (
         f"reached the thresholds at epoch {result.reached_epoch} after "

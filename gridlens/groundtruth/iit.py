@@ -152,6 +152,24 @@ class TrainConfig:
         if self.candidates < 1:
             raise ConfigError(f"candidates must be >= 1, got {self.candidates}")
         self.betas = tuple(self.betas)
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """Counts >= 1, a positive learning rate, Adam betas in [0, 1), finite weights >= 0."""
+        for name in ("max_epochs", "eval_every", "n_train_per_task", "n_val_per_task"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.lr_end)):
+            raise ConfigError(f"lr must be > 0 and lr_end finite, got {self.lr}, {self.lr_end}")
+        if self.lr_end < 0:
+            raise ConfigError(f"lr_end must be >= 0, got {self.lr_end}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        weights = (self.weight_behaviour, self.weight_iit, self.weight_strict)
+        if not all(math.isfinite(w) and w >= 0 for w in weights):
+            raise ConfigError(f"loss weights must be finite and >= 0, got {weights}")
+        if self.seed < 0 or self.threads < 0:
+            raise ConfigError("seed and threads must be >= 0")
 
 
 @dataclass
@@ -535,6 +553,11 @@ def train(
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
     n = len(train_tokens)
     n_batches = n // cfg.batch_size
+    if n_batches < 1:
+        raise ConfigError(
+            f"{n} training inputs make no batch of {cfg.batch_size}: raise n_train_per_task "
+            "or lower batch_size"
+        )
     total_steps = max(1, cfg.max_epochs * n_batches)
 
     def lr_at(step: int) -> float:

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from gridlens.errors import CheckpointError, ConfigError
-from gridlens.io import OutputPath
+from gridlens.io import OutputPath, atomic_write, save_or_rescue
 
 TRAINING_FILE = "training.json"  # the training config, beside a model's config.json
 
@@ -336,9 +336,8 @@ def eval_command(
     from tqdm import tqdm
 
     from gridlens.training.data import TestSet
-    from gridlens.training.evaluate import bar_chart, evaluate, failure_gallery
+    from gridlens.training.evaluate import evaluate
     from gridlens.training.trainer import resolve_device
-    from gridlens.world.render import atomic_write
     from gridlens.world.tasks import resolve_tasks
 
     if n < 1 or batch_size < 1:
@@ -404,12 +403,24 @@ def eval_command(
         json_path = json_path or str(out_dir / "eval.json")
         bars = bars or str(out_dir / "bars.png")
         gallery = gallery or str(out_dir / "failures.png")
+    title = f"{model_spec}: {n} quizzes per task and structure"
+    save_or_rescue(
+        lambda place: _write_eval(place, payload, result, json_path, bars, gallery, title),
+        "evaluation results",
+    )
+
+
+def _write_eval(place, payload, result, json_path, bars, gallery, title) -> None:
+    """Write the requested eval outputs, each at place(its path)."""
+    from gridlens.training.evaluate import bar_chart, failure_gallery
+
     if json_path:
-        atomic_write(json_path, lambda h: h.write((json.dumps(payload, indent=2) + "\n").encode()))
-        click.echo(f"wrote {json_path}")
+        text = (json.dumps(payload, indent=2) + "\n").encode()
+        atomic_write(place(json_path), lambda h: h.write(text))
+        click.echo(f"wrote {place(json_path)}")
     if bars:
-        bar_chart(result, bars, title=f"{model_spec}: {n} quizzes per task and structure")
-        click.echo(f"wrote {bars}")
+        bar_chart(result, place(bars), title=title)
+        click.echo(f"wrote {place(bars)}")
     if gallery:
-        drawn = failure_gallery(result.failures, gallery)
-        click.echo(f"wrote {gallery} ({drawn} failures)" if drawn else "no failures to draw")
+        drawn = failure_gallery(result.failures, place(gallery))
+        click.echo(f"wrote {place(gallery)} ({drawn} failures)" if drawn else "no failures to draw")
