@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -34,11 +35,13 @@ def _first_line(error: BaseException) -> str:
     return lines[0][:200] if lines else type(error).__name__
 
 
-def _refusal(error: pickle.UnpicklingError) -> str:
-    """What torch's weights-only unpickler objected to, without its advice to disable it."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    found = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
-    return found[0][:200] if found else "objects other than tensors and plain values"
+def _refusal(error: pickle.UnpicklingError) -> tuple[str, str]:
+    """(the global the pickle wanted, or "", the opcode torch's weights-only unpickler refused):
+    what it objected to, without its advice on how to load the file unsafely."""
+    text = str(error)
+    wanted = re.search(r"GLOBAL ([\w.]+)", text)
+    opcode = re.search(r"Unsupported operand \d+", text)
+    return (wanted.group(1) if wanted else "", opcode.group(0) if opcode else "a foreign pickle")
 
 
 def load_pickle(
@@ -58,12 +61,12 @@ def load_pickle(
     except pickle.UnpicklingError as refused:
         if "Weights only load failed" not in str(refused):
             raise error(f"{p}: corrupted or unreadable {what} ({_first_line(refused)})") from None
-        reason = _refusal(refused)
-        if "GLOBAL" not in reason:  # an opcode the safe unpickler does not know: garbage
-            raise error(f"{p}: corrupted or unreadable {what} (refused: {reason})") from None
+        wanted, opcode = _refusal(refused)
+        if not wanted:  # an opcode the safe unpickler does not know: garbage
+            raise error(f"{p}: corrupted or unreadable {what} (refused: {opcode})") from None
         raise error(
-            f"{p}: refused to load: the file is a pickle that would run code or build objects "
-            f"other than tensors ({reason}); gridlens reads pickles weights-only"
+            f"{p}: refused to load: the pickle would call or build {wanted}, not only tensors "
+            "(it may be an attempt to run code); gridlens reads pickles weights-only"
         ) from None
     except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError, LookupError,
             AttributeError, TypeError, UnicodeDecodeError) as damaged:  # fmt: skip

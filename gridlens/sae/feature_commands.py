@@ -208,15 +208,15 @@ def dashboard(
 
 
 def _read_direction(path: Path, d_in: int):
-    """A steering vector of `d_in` values from a .npy or a .pt (weights-only) file."""
+    """A steering vector of `d_in` values from a .npy or a .pt/.pth (weights-only) file."""
     import numpy as np
     import torch
 
     from gridlens.integrity import load_pickle
 
-    if path.suffix not in (".npy", ".pt"):
-        raise ConfigError(f"--direction {path}: expected a .npy or .pt file")
-    if path.suffix == ".pt":
+    if path.suffix not in (".npy", ".pt", ".pth"):
+        raise ConfigError(f"--direction {path}: expected a .npy, .pt or .pth file")
+    if path.suffix != ".npy":
         direction = load_pickle(path, "direction file", ConfigError)
     else:
         try:

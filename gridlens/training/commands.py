@@ -114,7 +114,12 @@ def train(
     if not resuming:
         _check_fresh_out(Path(out))
     if resuming and population is None and preset is None and config_file is None:
-        base = resume_config(out).to_dict()
+        if resume_from:  # the configuration of the checkpoint named, not of --out
+            from gridlens.training.checkpoint import load_checkpoint
+
+            base = load_checkpoint(resume_from)["config"]
+        else:
+            base = resume_config(out).to_dict()
         cfg = TrainConfig.from_dict({**base, **overrides}, "options")
     else:
         cfg = TrainConfig.build(
@@ -358,10 +363,11 @@ def eval_command(
     )
     test_seed = seed if seed is not None else (training["test_seed"] if training else 0)
     pool = test_pool or (training["test_pool"] if training else 2000)
-    if n * len(names_s) > pool:
-        pool = (
-            n * 5
-        )  # one slice per structure; a larger pool than training's is not guaranteed disjoint
+    enlarged = n * len(names_s) > pool
+    if enlarged:  # one slice per structure; a larger pool than training's is not disjoint
+        pool = n * 5
+    test_set = TestSet.build(task_names, pool, test_seed)  # a size that cannot fit fails here
+    if enlarged:
         click.echo(
             f"warning: test pool enlarged to {pool} per task; only the training pool size "
             "is guaranteed disjoint from the training data",
@@ -373,7 +379,6 @@ def eval_command(
             f"(training used seed {training['test_seed']}, pool {training['test_pool']})",
             err=True,
         )
-    test_set = TestSet.build(task_names, pool, test_seed)
     amp = torch.bfloat16 if dev.type == "cuda" else None
     total = n * len(names_s) * len(task_names)
     with tqdm(total=total, desc="eval", unit="quiz", dynamic_ncols=True, leave=False) as bar:
