@@ -173,6 +173,10 @@ def test_garbage_truncated_and_wrong_shape_files(cli, user, tmp_path):
     cli(*direction, str(user / "garbage.pt"), expect="corrupted or unreadable")
     cli(*direction, str(user / "garbage.npy"), expect="not a readable .npy")
     cli("world", "check", "frame", str(user / "garbage.npy"), expect="cannot read tokens")
+    run_dir = tmp_path / "gt"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text('{"format": "gridlens-groundtruth-1", "config": []}')
+    cli("groundtruth", "eval", "--run", str(run_dir), expect="field 'benchmark' is missing")
 
 
 def test_flipped_bytes_in_tensor_data_are_caught(cli, user, tmp_path):

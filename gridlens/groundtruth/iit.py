@@ -697,6 +697,17 @@ def save_run(
     (path / "summary.json").write_text(json.dumps(_jsonable(summary), indent=1))
 
 
+def _check_run_fields(meta: dict, meta_file: Path) -> None:
+    """Raise CheckpointError unless run.json's fields have the types save_run writes."""
+    required = {"benchmark": str, "config": dict}
+    optional = {"subspaces": bool, "model_overrides": dict}
+    for key, kind in {**required, **optional}.items():
+        if (key in required or key in meta) and not isinstance(meta.get(key), kind):
+            raise CheckpointError(
+                f"{meta_file}: field {key!r} is missing or not a {kind.__name__}"
+            )
+
+
 def load_run(path: Path):
     """(model, benchmark, meta) from a directory written by :func:`save_run`."""
     from safetensors import SafetensorError
@@ -714,11 +725,13 @@ def load_run(path: Path):
         meta = json.loads(meta_file.read_text())
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{meta_file}: not valid JSON ({error})") from None
-    if meta.get("format") != "gridlens-groundtruth-1":
+    if not isinstance(meta, dict) or meta.get("format") != "gridlens-groundtruth-1":
+        meta = meta if isinstance(meta, dict) else {}
         raise CheckpointError(
             f"{meta_file}: field 'format' is {meta.get('format')!r}, expected "
             "'gridlens-groundtruth-1'"
         )
+    _check_run_fields(meta, meta_file)
     bench = get_benchmark(
         meta["benchmark"], subspaces=meta.get("subspaces", False), **meta.get("model_overrides", {})
     )
