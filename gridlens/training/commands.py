@@ -143,6 +143,35 @@ def train(
         click.echo(f"done: {out}/model (load with gridlens.models.load), curve {out}/curve.png")
 
 
+def _finish_model_dir(out: Path, cfg) -> None:
+    """Put the training config and the final evaluation beside the weights, so the model
+    directory alone is what `gridlens eval` and the shipped default model need."""
+    model_dir = out / "model"
+    if not model_dir.is_dir():
+        return
+    (model_dir / TRAINING_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    for name in ("eval.json", "curve.png"):
+        if (out / name).is_file():
+            (model_dir / name).write_bytes((out / name).read_bytes())
+
+
+@train.command("plot")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--png",
+    type=OutputPath("file"),
+    default=None,
+    help="Output PNG (default RUN_DIR/curve.png).",
+)
+def plot(run_dir: str, png: str | None) -> None:
+    """Draw the training curve of RUN_DIR from its log.jsonl."""
+    from gridlens.training.plots import plot_curve
+
+    target = png or str(Path(run_dir) / "curve.png")
+    plot_curve(Path(run_dir) / "log.jsonl", target)
+    click.echo(target)
+
+
 #: Quizzes a run may draw; far beyond any run (the 37M models saw about 10^8).
 MAX_QUIZZES = 10**12
 
@@ -184,35 +213,6 @@ def _check_fresh_out(out: Path) -> None:
             f"{out}: not empty and not a training run (holds {', '.join(others[:5])}); "
             "choose a new or empty --out"
         )
-
-
-def _finish_model_dir(out: Path, cfg) -> None:
-    """Put the training config and the final evaluation beside the weights, so the model
-    directory alone is what `gridlens eval` and the shipped default model need."""
-    model_dir = out / "model"
-    if not model_dir.is_dir():
-        return
-    (model_dir / TRAINING_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    for name in ("eval.json", "curve.png"):
-        if (out / name).is_file():
-            (model_dir / name).write_bytes((out / name).read_bytes())
-
-
-@train.command("plot")
-@click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option(
-    "--png",
-    type=OutputPath("file"),
-    default=None,
-    help="Output PNG (default RUN_DIR/curve.png).",
-)
-def plot(run_dir: str, png: str | None) -> None:
-    """Draw the training curve of RUN_DIR from its log.jsonl."""
-    from gridlens.training.plots import plot_curve
-
-    target = png or str(Path(run_dir) / "curve.png")
-    plot_curve(Path(run_dir) / "log.jsonl", target)
-    click.echo(target)
 
 
 # ---------------------------------------------------------------------------- eval
