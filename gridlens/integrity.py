@@ -53,7 +53,8 @@ def load_pickle(
 
     p = Path(path)
     if not p.is_file():
-        raise error(f"{p}: no such {what} file" + (" (it is a directory)" if p.is_dir() else ""))
+        found = "a directory" if p.is_dir() else "no such file"
+        raise error(f"{p}: {found} (expected a {what})")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about unusual pickle protocols

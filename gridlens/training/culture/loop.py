@@ -176,7 +176,7 @@ class Population:
         for k, row in enumerate(state["members"]):
             member = self._new_member(k)
             path = self.out / "models" / row["file"]
-            payload = load_pickle(path, "culture model file")
+            payload = load_pickle(path, "culture model")
             verify_payload(payload, path)
             restore(member.model, member.optimizer, payload, f"model {k} of {self.out}")
             member.epochs, member.accuracy = row["epochs"], float(row["accuracy"])
