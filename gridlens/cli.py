@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import traceback
 
 import click
 
@@ -36,19 +37,42 @@ class LazyGroup(click.Group):
         return getattr(importlib.import_module(module), attribute)
 
 
+_DEBUG = {"on": False}
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="gridlens")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="Show the full traceback of any error.")
+def cli(debug: bool) -> None:
     """gridlens: interpretability workbench for Fleuret's culture GPTs."""
+    _DEBUG["on"] = debug
+
+
+def _fail(message: str, code: int = 2) -> None:
+    """Print `message` as one line (the traceback too under --debug) and exit with `code`."""
+    if _DEBUG["on"]:
+        traceback.print_exc()
+    click.echo(" ".join(message.split()), err=True)
+    sys.exit(code)
+
+
+def _os_error(error: OSError) -> str:
+    where = f"{error.filename}: " if error.filename else ""
+    return f"gridlens: error: {where}{error.strerror or error}"
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors print one line and exit 2."""
+    """Entry point: user errors print one line and exit 2; an unexpected error prints one line
+    and a hint to rerun with --debug, which shows its traceback."""
+    _DEBUG["on"] = False
     try:
         cli.main(args=argv, standalone_mode=False)
     except GridlensError as error:
-        click.echo(f"gridlens: error: {error}", err=True)
-        sys.exit(2)
+        _fail(f"gridlens: error: {error}")
+    except OSError as error:  # a file or folder the user named cannot be read or written
+        _fail(_os_error(error))
+    except MemoryError:
+        _fail("gridlens: error: out of memory (ask for fewer quizzes, steps or a smaller batch)")
     except click.exceptions.Abort:
         click.echo("gridlens: interrupted", err=True)
         sys.exit(130)
@@ -57,10 +81,16 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"gridlens: error: {error.format_message()}{hint}", err=True)
         sys.exit(2)
     except click.ClickException as error:
-        error.show()
-        sys.exit(error.exit_code)
+        _fail(f"gridlens: error: {error.format_message()}", error.exit_code)
     except click.exceptions.Exit as exit_:
         sys.exit(exit_.exit_code)
+    except Exception as error:  # a bug: one line, the traceback only with --debug
+        detail = (str(error).splitlines() or [""])[0][:300]
+        _fail(
+            f"gridlens: internal error: {type(error).__name__}: {detail} "
+            "(rerun with `gridlens --debug ...` to see the traceback)",
+            code=1,
+        )
 
 
 if __name__ == "__main__":

@@ -40,3 +40,7 @@ def unknown_name(kind: str, name: str, known: Iterable[str]) -> UnknownNameError
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     listing = ", ".join(known) if len(known) <= 20 else ", ".join(known[:20]) + ", ..."
     return UnknownNameError(f"unknown {kind} {name!r}{hint} (known: {listing})")
+
+
+class OutputError(GridlensError):
+    """An output path that cannot be written (checked before the work starts)."""

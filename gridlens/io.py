@@ -7,7 +7,16 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
+
+import click
+
+from gridlens.errors import OutputError
+
+T = TypeVar("T")
+
+#: Less free space than this where an output goes is treated as a full disk.
+MIN_FREE_BYTES = 16 * 2**20
 
 
 def _umask() -> int:
@@ -61,3 +70,68 @@ def atomic_directory(path: str | os.PathLike, fill: Callable[[Path], object]) ->
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return path
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(path.anchor or ".")
+
+
+def check_writable(path: str | os.PathLike, kind: str = "file") -> Path:
+    """Raise OutputError now, before any long work, if `path` (a "file", a "dir" or "any" of
+    the two, that a command will write) cannot be created: a non-folder on the way, a folder
+    we may not write in, a full disk. Creates nothing (a probe file is made and removed)."""
+    if str(path).strip() == "":
+        raise OutputError("an empty output path; name a file or folder")
+    path = Path(path).absolute()
+    if path.exists() and kind != "any" and path.is_dir() != (kind == "dir"):
+        raise OutputError(f"{path}: exists and is not a {'folder' if kind == 'dir' else 'file'}")
+    where = path if kind == "dir" and path.is_dir() else _nearest_existing(path.parent)
+    if not where.is_dir():
+        raise OutputError(f"{path}: cannot be created, {where} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".gridlens-probe.", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+        free = shutil.disk_usage(where).free
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write in {where} ({error.strerror or error})") from None
+    if free < MIN_FREE_BYTES:
+        raise OutputError(f"{path}: the disk is full ({free // 2**20} MiB free in {where})")
+    return path
+
+
+class OutputPath(click.ParamType):
+    """A click parameter for a file or folder a command writes: checked by `check_writable`
+    when the command line is parsed, so a bad location fails before any work."""
+
+    name = "path"
+
+    def __init__(self, kind: str = "file"):
+        self.kind = kind
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        try:
+            check_writable(value, self.kind)
+        except OutputError as error:
+            self.fail(str(error), param, ctx)
+        return str(value)
+
+
+def save_or_rescue(write: Callable[[Callable[[Path], Path]], T], what: str) -> T:
+    """Run `write(place)`, which writes each of its outputs to `place(path)`, with `place` the
+    identity; if that fails (a disk that filled up, a folder removed meanwhile), write the
+    outputs again into one new temporary folder and raise OutputError naming it, so finished
+    results are never lost."""
+    try:
+        return write(Path)
+    except OSError as error:
+        spare = Path(tempfile.mkdtemp(prefix="gridlens-rescued-"))
+        write(lambda path: spare / Path(path).name)
+        where = f"{error.filename}: " if error.filename else ""
+        raise OutputError(
+            f"could not write the {what} ({where}{error.strerror or error}); "
+            f"they were saved to {spare} instead"
+        ) from None

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from gridlens.errors import ConfigError
+from gridlens.io import OutputPath, save_or_rescue
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -41,7 +42,7 @@ def _common(function: Callable) -> Callable:
         click.option("--seed", type=int, default=0, show_default=True),
         click.option(
             "--out",
-            type=click.Path(file_okay=False),
+            type=OutputPath("dir"),
             default="analysis",
             show_default=True,
             help="Folder for the PNGs and JSON.",
@@ -85,15 +86,25 @@ def _write_json(path: Path, data: dict[str, Any]) -> Path:
     return atomic_write(path, lambda handle: handle.write(text))
 
 
-def _report(out: Path, name: str, results: dict[str, Any], figures: list[Path], **extra) -> None:
-    """Write out/NAME.json (every result's to_json) and print the findings and files."""
+Draw = Callable[[Path], list[Path]]
+
+
+def _report(out: str, name: str, results: dict[str, Any], draw: Draw, **extra) -> None:
+    """Draw the figures (`draw(folder)` returns their paths) and write NAME.json (every
+    result's to_json) into `out`, or into a rescue folder if that fails; print the findings
+    and files."""
     payload = {**extra, **{key: r.to_json() for key, r in results.items()}}
-    path = _write_json(out / f"{name}.json", payload)
+
+    def write(place: Callable[[Path], Path]) -> list[Path]:
+        folder = place(Path(out))
+        return [*draw(folder), _write_json(folder / f"{name}.json", payload)]
+
+    written = save_or_rescue(write, "analysis results")
     for result in results.values():
         for line in result.findings():
             click.echo(f"- {line}")
-    for figure in [*figures, path]:
-        click.echo(f"wrote {figure}")
+    for path in written:
+        click.echo(f"wrote {path}")
 
 
 @click.group("analyze", context_settings=CONTEXT)
@@ -128,9 +139,8 @@ def ablate_command(model, tasks, n_per_task, seed, out, device, components, meth
 
     loaded, _, quizzes = _setup(model, tasks, n_per_task, seed, device)
     result = ablate(loaded, quizzes, _names(components), method=method, greedy=greedy, seed=seed)
-    out = Path(out)
-    figure = result.plot(out / f"ablate_{method}.png")
-    _report(out, f"ablate_{method}", {"ablation": result}, [figure])
+    name = f"ablate_{method}"
+    _report(out, name, {"ablation": result}, lambda d: [result.plot(d / f"{name}.png")])
 
 
 @analyze.command("attention", context_settings=CONTEXT)
@@ -152,12 +162,15 @@ def attention_command(model, tasks, n_per_task, seed, out, device, heads, quiz, 
     if not 0 <= quiz < len(quizzes):
         raise ConfigError(f"--quiz must be 0..{len(quizzes) - 1}, got {quiz}")
     result = classify_heads(loaded, quizzes)
-    out = Path(out)
-    figures = [result.plot(out / "attention.png")]
-    for head in heads:
-        path = out / f"pattern_{head}.png"
-        figures.append(plot_pattern(loaded, quizzes.tokens[quiz], head, path, query=query))
-    _report(out, "attention", {"heads": result}, figures)
+
+    def draw(folder: Path) -> list[Path]:
+        patterns = [
+            plot_pattern(loaded, quizzes.tokens[quiz], h, folder / f"pattern_{h}.png", query=query)
+            for h in heads
+        ]
+        return [result.plot(folder / "attention.png"), *patterns]
+
+    _report(out, "attention", {"heads": result}, draw)
 
 
 @analyze.command("direct", context_settings=CONTEXT)
@@ -173,9 +186,12 @@ def direct_command(model, tasks, n_per_task, seed, out, device, cell):
     loaded, _, quizzes = _setup(model, tasks, n_per_task, seed, device)
     copies = copy_scores(loaded, quizzes)
     lens = logit_lens(loaded, quizzes, cell=cell)
-    out = Path(out)
-    figures = [copies.plot(out / "copy_scores.png"), lens.plot(out / "logit_lens.png")]
-    _report(out, "direct", {"copy_scores": copies, "logit_lens": lens}, figures)
+    _report(
+        out,
+        "direct",
+        {"copy_scores": copies, "logit_lens": lens},
+        lambda d: [copies.plot(d / "copy_scores.png"), lens.plot(d / "logit_lens.png")],
+    )
 
 
 _KIND = click.option(
@@ -205,9 +221,8 @@ def patch_command(model, tasks, n_per_task, seed, out, device, kind, components)
     loaded, names, _ = _setup(model, tasks, n_per_task, seed, device, quizzes=False)
     pairs = make_pairs(kind, names, n_per_task, seed)
     result = activation_patching(loaded, pairs, _names(components))
-    out = Path(out)
-    figure = result.plot(out / f"patch_{kind}.png")
-    _report(out, f"patch_{kind}", {"activation_patching": result}, [figure])
+    name = f"patch_{kind}"
+    _report(out, name, {"activation_patching": result}, lambda d: [result.plot(d / f"{name}.png")])
 
 
 @analyze.command("atp", context_settings=CONTEXT)
@@ -226,18 +241,21 @@ def atp_command(model, tasks, n_per_task, seed, out, device, kind, components, m
     pairs = make_pairs(kind, names, n_per_task, seed)
     chosen = _names(components)
     result = attribution_patching(loaded, pairs, chosen, method=method)
-    out = Path(out)
     stem = f"atp_{kind}" if method == "atp" else f"atpstar_{kind}"
-    figures = [result.plot(out / f"{stem}.png")]
     results: dict[str, Any] = {method: result}
     extra: dict[str, Any] = {}
     if compare:
-        exact = activation_patching(loaded, pairs, chosen)
-        figures.append(exact.plot(out / f"patch_{kind}.png"))
-        results["activation_patching"] = exact
-        extra["agreement"] = compare_results(exact, result)
+        results["activation_patching"] = activation_patching(loaded, pairs, chosen)
+        extra["agreement"] = compare_results(results["activation_patching"], result)
         click.echo(f"agreement with activation patching: {_agreement(extra['agreement'])}")
-    _report(out, stem, results, figures, **extra)
+
+    def draw(folder: Path) -> list[Path]:
+        figures = [result.plot(folder / f"{stem}.png")]
+        if compare:
+            figures.append(results["activation_patching"].plot(folder / f"patch_{kind}.png"))
+        return figures
+
+    _report(out, stem, results, draw, **extra)
 
 
 def _agreement(data: dict[str, Any]) -> str:
@@ -269,9 +287,14 @@ def generate_command(model, tasks, n_per_task, seed, out, device, components, me
     loaded, _, quizzes = _setup(model, tasks, n_per_task, seed, device)
     hooks = ablation_hooks(loaded, quizzes, _names(components), method=method, seed=seed)
     result = generate_under(loaded, quizzes, hooks)
-    out = Path(out)
-    figure = result.plot(out / "generate.png")
-    _report(out, "generate", {"generation": result}, [figure], ablated=components, method=method)
+    _report(
+        out,
+        "generate",
+        {"generation": result},
+        lambda d: [result.plot(d / "generate.png")],
+        ablated=components,
+        method=method,
+    )
 
 
 @analyze.command("probe", context_settings=CONTEXT)
@@ -294,6 +317,5 @@ def probe_command(model, tasks, n_per_task, seed, out, device, annotation, sites
     if sites is not None and not chosen:
         raise ConfigError(f"--sites {sites!r} names no hook")
     result = train_probes(loaded, quizzes, annotation, sites=chosen, seed=seed)
-    out = Path(out)
-    figure = result.plot(out / f"probe_{annotation}.png")
-    _report(out, f"probe_{annotation}", {"probes": result}, [figure])
+    name = f"probe_{annotation}"
+    _report(out, name, {"probes": result}, lambda d: [result.plot(d / f"{name}.png")])

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from gridlens.errors import ConfigError
+from gridlens.io import OutputPath, save_or_rescue
 
 
 @click.group()
@@ -30,7 +31,7 @@ def groundtruth() -> None:
 @click.option(
     "--subspaces", is_flag=True, help="Multi-task: each task gets its own slice of each shared MLP."
 )
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--out", "out_dir", type=OutputPath("dir"), required=True)
 @click.option("--d-model", type=int, default=None, help="Model width (default 64; 4-task 128).")
 @click.option("--d-mlp", type=int, default=None, help="MLP width (default 128; 4-task 256).")
 @click.option("--max-epochs", default=200, show_default=True)
@@ -142,8 +143,13 @@ def train(
     model, result = run_train(
         b, cfg, progress=progress, checkpoint=out / "checkpoint" if resume else None
     )
-    save_run(out, model, b, cfg, result, subspaces, bench, widths)
-    training_curves(result.history, out / "training.png", b.name)
+
+    def write(place) -> None:
+        folder = place(out)
+        save_run(folder, model, b, cfg, result, subspaces, bench, widths)
+        training_curves(result.history, folder / "training.png", b.name)
+
+    save_or_rescue(write, "trained model and its metrics")
     f = result.final
     status = (
         f"reached the thresholds at epoch {result.reached_epoch} after "
@@ -166,9 +172,7 @@ def train(
     required=True,
     help="A `groundtruth train` output directory.",
 )
-@click.option(
-    "--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Default: RUN/eval."
-)
+@click.option("--out", "out_dir", type=OutputPath("dir"), default=None, help="Default: RUN/eval.")
 @click.option(
     "--n-per-task",
     default=1000,

@@ -29,6 +29,14 @@ import torch.nn.functional as F
 
 from gridlens.errors import CheckpointError, ConfigError
 from gridlens.groundtruth.spec import Benchmark, Site
+from gridlens.integrity import (
+    load_pickle,
+    seal_payload,
+    seal_safetensors,
+    verify_payload,
+    verify_safetensors,
+)
+from gridlens.io import atomic_write
 from gridlens.training.checkpoint import restore
 
 STRICT_MODES = ("one", "half", "all")
@@ -144,6 +152,24 @@ class TrainConfig:
         if self.candidates < 1:
             raise ConfigError(f"candidates must be >= 1, got {self.candidates}")
         self.betas = tuple(self.betas)
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """Counts >= 1, a positive learning rate, Adam betas in [0, 1), finite weights >= 0."""
+        for name in ("max_epochs", "eval_every", "n_train_per_task", "n_val_per_task"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.lr_end)):
+            raise ConfigError(f"lr must be > 0 and lr_end finite, got {self.lr}, {self.lr_end}")
+        if self.lr_end < 0:
+            raise ConfigError(f"lr_end must be >= 0, got {self.lr_end}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        weights = (self.weight_behaviour, self.weight_iit, self.weight_strict)
+        if not all(math.isfinite(w) and w >= 0 for w in weights):
+            raise ConfigError(f"loss weights must be finite and >= 0, got {weights}")
+        if self.seed < 0 or self.threads < 0:
+            raise ConfigError("seed and threads must be >= 0")
 
 
 @dataclass
@@ -479,6 +505,29 @@ def make_model(bench: Benchmark, seed: int = 0):
     return GridGPT(bench.config, seed=seed)
 
 
+_STATE_TYPES = {"history": list, "epoch": int, "elapsed": float, "generator": torch.Tensor}
+
+
+def _save_train_state(path: Path, state: dict) -> None:
+    """Write the resumable training state atomically, with its checksum."""
+    atomic_write(path, lambda handle: torch.save(seal_payload(state), handle))
+
+
+def _load_train_state(path: Path) -> dict:
+    """The training state written by `_save_train_state`: weights-only, checksum verified, and
+    of the expected shape (a foreign or damaged file is a CheckpointError)."""
+    state = load_pickle(path, "ground-truth training state")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a ground-truth training state")
+    verify_payload(state, path)
+    for key, kind in _STATE_TYPES.items():
+        if not isinstance(state.get(key), kind):
+            raise CheckpointError(f"{path}: field {key!r} is missing or not a {kind.__name__}")
+    if state.get("reached_epoch") is not None and not state["history"]:
+        raise CheckpointError(f"{path}: reached an epoch but records no history")
+    return state
+
+
 def train(
     bench: Benchmark,
     cfg: TrainConfig,
@@ -504,6 +553,11 @@ def train(
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
     n = len(train_tokens)
     n_batches = n // cfg.batch_size
+    if n_batches < 1:
+        raise ConfigError(
+            f"{n} training inputs make no batch of {cfg.batch_size}: raise n_train_per_task "
+            "or lower batch_size"
+        )
     total_steps = max(1, cfg.max_epochs * n_batches)
 
     def lr_at(step: int) -> float:
@@ -513,9 +567,12 @@ def train(
     start_epoch, elapsed = 0, 0.0
     gen = torch.Generator().manual_seed(cfg.seed)
     if checkpoint is not None and (checkpoint / "train_state.pt").exists():
-        state = torch.load(checkpoint / "train_state.pt", weights_only=False)
+        state = _load_train_state(checkpoint / "train_state.pt")
         restore(model, opt, state, f"ground-truth model/optimiser ({checkpoint})")
-        gen.set_state(state["generator"])
+        try:
+            gen.set_state(state["generator"])
+        except (RuntimeError, TypeError) as error:
+            raise CheckpointError(f"{checkpoint}/train_state.pt: bad generator state") from error
         result.history = state["history"]
         start_epoch, elapsed = state["epoch"], state["elapsed"]
         if state.get("reached_epoch") is not None:
@@ -585,8 +642,8 @@ def train(
         if progress:
             progress(row)
         if checkpoint is not None and "accuracy" in row:
-            checkpoint.mkdir(parents=True, exist_ok=True)
-            torch.save(
+            _save_train_state(
+                checkpoint / "train_state.pt",
                 {
                     "model": model.state_dict(),
                     "optimizer": opt.state_dict(),
@@ -597,7 +654,6 @@ def train(
                     "reached_epoch": result.reached_epoch,
                     "reached_seconds": result.reached_seconds,
                 },
-                checkpoint / "train_state.pt",
             )
         if done:
             break
@@ -619,12 +675,8 @@ def save_run(
     benchmark_name: str,
     model_overrides: dict[str, int] | None = None,
 ) -> None:
-    from safetensors.torch import save_file
-
-    path.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "model.safetensors")
-    )
+    blob = seal_safetensors({k: v.contiguous() for k, v in model.state_dict().items()})
+    atomic_write(path / "model.safetensors", lambda handle: handle.write(blob))
     meta = {
         "format": "gridlens-groundtruth-1",
         "benchmark": benchmark_name,
@@ -645,8 +697,20 @@ def save_run(
     (path / "summary.json").write_text(json.dumps(_jsonable(summary), indent=1))
 
 
+def _check_run_fields(meta: dict, meta_file: Path) -> None:
+    """Raise CheckpointError unless run.json's fields have the types save_run writes."""
+    required = {"benchmark": str, "config": dict}
+    optional = {"subspaces": bool, "model_overrides": dict}
+    for key, kind in {**required, **optional}.items():
+        if (key in required or key in meta) and not isinstance(meta.get(key), kind):
+            raise CheckpointError(
+                f"{meta_file}: field {key!r} is missing or not a {kind.__name__}"
+            )
+
+
 def load_run(path: Path):
     """(model, benchmark, meta) from a directory written by :func:`save_run`."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from gridlens.groundtruth.spec import get_benchmark
@@ -661,20 +725,24 @@ def load_run(path: Path):
         meta = json.loads(meta_file.read_text())
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{meta_file}: not valid JSON ({error})") from None
-    if meta.get("format") != "gridlens-groundtruth-1":
+    if not isinstance(meta, dict) or meta.get("format") != "gridlens-groundtruth-1":
+        meta = meta if isinstance(meta, dict) else {}
         raise CheckpointError(
             f"{meta_file}: field 'format' is {meta.get('format')!r}, expected "
             "'gridlens-groundtruth-1'"
         )
+    _check_run_fields(meta, meta_file)
     bench = get_benchmark(
         meta["benchmark"], subspaces=meta.get("subspaces", False), **meta.get("model_overrides", {})
     )
     cfg = GridGPTConfig.from_dict(meta["config"], source=str(meta_file))
     model = GridGPT(cfg, seed=None)
+    weights = Path(path) / "model.safetensors"
     try:
-        model.load_state_dict(load_file(str(Path(path) / "model.safetensors")))
-    except (RuntimeError, OSError) as error:
-        raise CheckpointError(f"{Path(path) / 'model.safetensors'}: {error}") from None
+        model.load_state_dict(load_file(str(weights)))
+    except (RuntimeError, OSError, SafetensorError) as error:
+        raise CheckpointError(f"{weights}: {error}") from None
+    verify_safetensors(weights)
     model.eval()
     return model, bench, meta
 

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gridlens.errors import CheckpointError, ConfigError, GridlensError
+from gridlens.integrity import load_pickle, seal_safetensors, verify_safetensors
 from gridlens.io import atomic_directory, atomic_write
 from gridlens.models.config import GridGPTConfig
 
@@ -265,27 +264,6 @@ def _build(state, cfg: GridGPTConfig, source: str):
 # ---------------------------------------------------------------------------- reading
 
 
-def _torch_load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()
-        detail = next(
-            (line for line in first if "Unsupported" in line or "GLOBAL" in line),
-            first[0] if first else "",
-        )
-        raise CheckpointError(
-            f"{path}: refused to load: the pickle wants to run code or build objects that are not "
-            f"plain tensors ({detail.strip()[:200]}); gridlens only loads weights "
-            "(torch.load(weights_only=True))"
-        ) from None
-    except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError) as error:
-        raise CheckpointError(
-            f"{path}: cannot read the checkpoint (truncated or corrupt file?): "
-            f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
-        ) from None
-
-
 def _state_from_pickle(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, tuple | list) and obj and isinstance(obj[0], dict):
         obj = obj[0]  # (state_dict, accuracy)
@@ -349,6 +327,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         raise CheckpointError(
             f"{path}: cannot read safetensors (truncated or corrupt file?): {error}"
         ) from None
+    verify_safetensors(path)
     return state, meta
 
 
@@ -460,7 +439,7 @@ def load(path: str | os.PathLike, n_ctx: int | None = None, device: Any = None, 
     elif p.suffix == ".safetensors":
         model = _load_ours(p, p.parent / CONFIG_FILE if (p.parent / CONFIG_FILE).exists() else None)
     else:
-        obj = _torch_load(p)
+        obj = load_pickle(p)
         state = _state_from_pickle(obj, p)
         model = from_state_dict(state, str(p), **({"n_ctx": n_ctx} if n_ctx else {}))
     if not isinstance(model, GridGPT):
@@ -482,8 +461,6 @@ def save(model, path: str | os.PathLike, overwrite: bool = True) -> Path:
     never sees a half-written checkpoint. A path ending in .safetensors writes one file whose
     metadata holds the config.
     """
-    from safetensors.torch import save as save_bytes
-
     path = Path(path)
     header = {
         "format": FORMAT_NAME,
@@ -493,7 +470,7 @@ def save(model, path: str | os.PathLike, overwrite: bool = True) -> Path:
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {"gridlens": json.dumps(header)}
     if path.suffix == ".safetensors":
-        atomic_write(path, lambda handle: handle.write(save_bytes(state, metadata=meta)))
+        atomic_write(path, lambda handle: handle.write(seal_safetensors(state, meta)))
         return path
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"{path}: exists and is not a directory")
@@ -501,7 +478,7 @@ def save(model, path: str | os.PathLike, overwrite: bool = True) -> Path:
         raise CheckpointError(f"{path}: exists (overwrite=False)")
 
     def fill(staging: Path) -> None:
-        (staging / WEIGHTS_FILE).write_bytes(save_bytes(state, metadata=meta))
+        (staging / WEIGHTS_FILE).write_bytes(seal_safetensors(state, meta))
         (staging / CONFIG_FILE).write_text(json.dumps(header, indent=2) + "\n")
 
     atomic_directory(path, fill)

@@ -7,6 +7,7 @@ import json
 import click
 
 from gridlens.errors import CheckpointError
+from gridlens.io import OutputPath
 
 
 @click.group()
@@ -33,7 +34,7 @@ def info(path: str, as_json: bool) -> None:
 
 @model.command()
 @click.argument("source")
-@click.argument("target")
+@click.argument("target", type=OutputPath("any"))
 @click.option(
     "--to",
     "fmt",

@@ -9,6 +9,8 @@ import sys
 
 import click
 
+from gridlens.io import OutputPath
+
 
 @click.command("report", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
@@ -22,7 +24,7 @@ import click
 )
 @click.option(
     "--out",
-    type=click.Path(file_okay=False),
+    type=OutputPath("dir"),
     default="report",
     show_default=True,
     help="Output folder (index.html, PNGs, report.json); an earlier report there is replaced.",

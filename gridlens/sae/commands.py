@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from gridlens.errors import ConfigError, unknown_name
+from gridlens.io import OutputPath
 from gridlens.sae.feature_commands import COMMANDS
 
 #: name -> (SAEConfig fields, SAETrainConfig fields)
@@ -78,7 +79,7 @@ def sae() -> None:
 @click.option("--buffer-quizzes", type=int, default=None, help="Quizzes in the shuffle buffer.")
 @click.option(
     "--out",
-    type=click.Path(file_okay=False),
+    type=OutputPath("dir"),
     required=True,
     help="Output directory (the SAE, training.json, log.jsonl, checkpoints/).",
 )
@@ -173,7 +174,7 @@ def train_command(
 @click.option("--greedy/--no-greedy", default=True, show_default=True, help="Greedy accuracy.")
 @click.option(
     "--out",
-    type=click.Path(file_okay=False),
+    type=OutputPath("dir"),
     default=None,
     help="Write sae_eval.json and sae_eval.png here.",
 )

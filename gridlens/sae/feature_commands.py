@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from gridlens.errors import ConfigError
-from gridlens.io import atomic_write
+from gridlens.io import OutputPath, atomic_write
 
 
 def _common(fn: Callable) -> Callable:
@@ -46,7 +46,7 @@ def _common(fn: Callable) -> Callable:
             "--out",
             "out_dir",
             required=True,
-            type=click.Path(file_okay=False),
+            type=OutputPath("dir"),
             help="output folder for PNG and JSON",
         ),
     ]
@@ -207,6 +207,29 @@ def dashboard(
     _echo([index])
 
 
+def _read_direction(path: Path, d_in: int):
+    """A steering vector of `d_in` values from a .npy or a .pt/.pth (weights-only) file."""
+    import numpy as np
+    import torch
+
+    from gridlens.integrity import load_pickle
+
+    if path.suffix not in (".npy", ".pt", ".pth"):
+        raise ConfigError(f"--direction {path}: expected a .npy, .pt or .pth file")
+    if path.suffix != ".npy":
+        direction = load_pickle(path, "direction file", ConfigError)
+    else:
+        try:
+            direction = torch.from_numpy(np.load(path, allow_pickle=False))
+        except (OSError, ValueError, TypeError) as error:
+            raise ConfigError(f"--direction {path}: not a readable .npy array ({error})") from None
+    if not torch.is_tensor(direction) or not direction.is_floating_point():
+        raise ConfigError(f"--direction {path}: expected an array of floats")
+    if direction.numel() != d_in:
+        raise ConfigError(f"--direction {path}: {direction.numel()} values, need {d_in}")
+    return direction.reshape(d_in).float()
+
+
 @click.command("steer")
 @_common
 @click.option("--latents", default=None, help="latents whose decoder rows are added")
@@ -244,9 +267,6 @@ def steer(
     check_tasks,
 ) -> None:
     """Add decoder directions x scale while generating; which task rule do outputs follow?"""
-    import numpy as np
-    import torch
-
     from gridlens.sae.steering import decoder_direction
     from gridlens.sae.steering import steer as run_steer
 
@@ -258,17 +278,7 @@ def steer(
         direction, what = decoder_direction(sae, chosen), f"latents {chosen}"
     else:
         path = Path(direction_path)
-        if path.suffix == ".npy":
-            direction = torch.from_numpy(np.load(path))
-        elif path.suffix == ".pt":
-            direction = torch.load(path, weights_only=True)
-        else:
-            raise ConfigError(f"--direction {path}: expected a .npy or .pt file")
-        if direction.numel() != sae.cfg.d_in:
-            raise ConfigError(
-                f"--direction {path}: {direction.numel()} values, need {sae.cfg.d_in}"
-            )
-        what = f"direction {path.name}"
+        direction, what = _read_direction(path, sae.cfg.d_in), f"direction {path.name}"
     result = run_steer(
         model,
         quizzes,

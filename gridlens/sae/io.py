@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from gridlens.errors import CheckpointError, ConfigError
+from gridlens.integrity import seal_safetensors, verify_safetensors
 from gridlens.io import atomic_directory, atomic_write
 from gridlens.sae.model import SAEConfig, SparseAutoencoder
 
@@ -97,8 +98,6 @@ def save_sae(
     multiplied by s, pass s: it is folded into the weights (the saved SAE takes raw activations,
     as SAELens's trainer does at the end) and recorded in `metadata.gridlens.activation_scale`.
     """
-    from safetensors.torch import save as safetensors_bytes
-
     cfg = sae.cfg
     arch = cfg.architecture
     weights = {
@@ -170,7 +169,7 @@ def save_sae(
         raise ConfigError(f"the training record is not plain JSON: {error}") from None
     state = {name: value.contiguous() for name, value in weights.items()}
 
-    blob, cfg_text = safetensors_bytes(state), (text + "\n").encode()
+    blob, cfg_text = seal_safetensors(state), (text + "\n").encode()
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"{path}: exists and is not a directory")
@@ -351,13 +350,15 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+            state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing (an SAE directory needs {WEIGHTS_FILE})") from None
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise CheckpointError(
             f"{path}: cannot read safetensors (truncated or corrupt file?): {error}"
         ) from None
+    verify_safetensors(path)
+    return state
 
 
 def _check_state(

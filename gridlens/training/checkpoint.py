@@ -4,22 +4,22 @@ A checkpoint `RUN/checkpoints/step_00001234.pt` holds a dict of tensors and plai
 format/version, the training config (a dict), step (= data position: the next batch to draw),
 model and optimiser state dicts, the scheduler state, RNG states and the metrics so far.
 
-Writing goes to a temporary file beside the target, is fsynced, then renamed into place, so a
+The payload carries the sha256 of its contents (`gridlens.integrity.seal_payload`), checked on
+load. Writing goes to a temporary file beside the target, is fsynced, then renamed into place, so a
 crash or a full disk (OSError) never leaves a partial checkpoint and never touches the older
 ones; old checkpoints are pruned only after the new one is safely in place.
 """
 
 from __future__ import annotations
 
-import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gridlens.errors import CheckpointError
+from gridlens.integrity import load_pickle, seal_payload, verify_payload
 from gridlens.io import atomic_write
 
 FORMAT = "gridlens.train_state"
@@ -52,7 +52,7 @@ def save_checkpoint(state: dict[str, Any], run_dir: str | Path, step: int, keep:
     """Write `state` as the checkpoint of `step` atomically, then keep only the newest `keep`."""
     path = checkpoint_path(run_dir, step)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "version": VERSION, **state}
+    payload = seal_payload({"format": FORMAT, "version": VERSION, **state})
     try:
         atomic_write(path, lambda handle: torch.save(payload, handle))
     except OSError as error:
@@ -66,18 +66,6 @@ def save_checkpoint(state: dict[str, Any], run_dir: str | Path, step: int, keep:
     return path
 
 
-#: What torch.load raises on a damaged, truncated or foreign file.
-UNREADABLE = (
-    RuntimeError,
-    EOFError,
-    pickle.UnpicklingError,
-    zipfile.BadZipFile,
-    ValueError,
-    OSError,
-    AttributeError,
-)
-
-
 def restore(module: torch.nn.Module, optimizer: Any, state: dict[str, Any], what: str) -> None:
     """Load a checkpoint's "model" and "optimizer" entries; a mismatch is a CheckpointError."""
     try:
@@ -87,19 +75,28 @@ def restore(module: torch.nn.Module, optimizer: Any, state: dict[str, Any], what
         raise CheckpointError(f"checkpoint does not fit the {what}: {error}") from None
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint safely (weights_only=True); a damaged or foreign file is a clear error."""
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint safely (weights-only, to the CPU, checksum verified); a damaged or
+    foreign file is a clear error."""
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: no such checkpoint")
     try:
-        state = torch.load(p, map_location=map_location, weights_only=True)
-    except UNREADABLE as error:
-        first = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-        others = [q for q in list_checkpoints(p.parent.parent) if q != p]
-        hint = f"; an older one is {others[-1]} (pass it to --resume)" if others else ""
-        raise CheckpointError(f"{p}: corrupted or unreadable checkpoint ({first}){hint}") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        state = load_pickle(p, "checkpoint")
+    except CheckpointError as error:
+        others = [q for q in list_checkpoints(p.parent.parent) if q != p] if p.is_file() else []
+        hint = f"; an older one is {others[-1]} (pass it to --resume-from)" if others else ""
+        raise CheckpointError(f"{error}{hint}") from None
+    check_checkpoint(state, p)
+    return state
+
+
+def is_checkpoint(obj: Any) -> bool:
+    """Whether a loaded pickle is (or claims to be) a gridlens training checkpoint."""
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def check_checkpoint(state: Any, p: Path) -> None:
+    """Raise CheckpointError unless `state` is an intact training checkpoint of this version."""
+    if not is_checkpoint(state):
         raise CheckpointError(
             f"{p}: not a gridlens training checkpoint (format {FORMAT!r} expected)"
         )
@@ -111,7 +108,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     for key in ("config", "step", "model", "optimizer"):
         if key not in state:
             raise CheckpointError(f"{p}: checkpoint lacks the field {key!r}")
-    return state
+    verify_payload(state, p)
 
 
 def rng_state() -> dict[str, Any]:

@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from gridlens.errors import ConfigError
+from gridlens.errors import CheckpointError, ConfigError
+from gridlens.io import OutputPath, atomic_write, save_or_rescue
 
 TRAINING_FILE = "training.json"  # the training config, beside a model's config.json
 
@@ -32,7 +33,7 @@ _MODEL_FIELDS = ("d_model", "n_layers", "n_heads", "d_head", "d_mlp")
 )
 @click.option(
     "--out",
-    type=click.Path(file_okay=False),
+    type=OutputPath("dir"),
     default=None,
     help="Run directory (checkpoints, log.jsonl, model/, eval.json, curve.png).",
 )
@@ -141,8 +142,15 @@ def train(
     if no_progress:
         overrides["progress"] = False
     resuming = bool(resume or resume_from)
+    if not resuming:
+        _check_fresh_out(Path(out))
     if resuming and population is None and preset is None and config_file is None:
-        base = resume_config(out).to_dict()
+        if resume_from:  # the configuration of the checkpoint named, not of --out
+            from gridlens.training.checkpoint import load_checkpoint
+
+            base = load_checkpoint(resume_from)["config"]
+        else:
+            base = resume_config(out).to_dict()
         cfg = TrainConfig.from_dict({**base, **overrides}, "options")
     else:
         cfg = TrainConfig.build(
@@ -150,6 +158,7 @@ def train(
             file=config_file,
             overrides=overrides,
         )
+    _check_feasible(cfg)
     if population is not None:
         from gridlens.training.population import train_population
 
@@ -206,7 +215,7 @@ def _finish_model_dir(out: Path, cfg, run: dict[str, Any] | None = None) -> None
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option(
     "--png",
-    type=click.Path(dir_okay=False),
+    type=OutputPath("file"),
     default=None,
     help="Output PNG (default RUN_DIR/curve.png).",
 )
@@ -219,15 +228,59 @@ def plot(run_dir: str, png: str | None) -> None:
     click.echo(target)
 
 
+#: Quizzes a run may draw; far beyond any run (the 37M models saw about 10^8).
+MAX_QUIZZES = 10**12
+
+
+def _check_feasible(cfg) -> None:
+    """Refuse a run whose batch cannot fit in memory or that would never end."""
+    from gridlens.resources import check_fits
+
+    m = cfg.model_config()
+    per_quiz = m.n_ctx * m.n_layers * (12 * m.d_model + 2 * m.d_mlp) * 4  # activations kept
+    check_fits(cfg.batch_size * per_quiz, f"a training batch of {cfg.batch_size} quizzes")
+    if cfg.steps * cfg.batch_size > MAX_QUIZZES:
+        raise ConfigError(
+            f"{cfg.steps} steps of {cfg.batch_size} quizzes would draw "
+            f"{cfg.steps * cfg.batch_size:.3g} quizzes, more than {MAX_QUIZZES:.0e}: it would "
+            "never finish; ask for fewer steps"
+        )
+
+
+def _check_fresh_out(out: Path) -> None:
+    """Refuse to start a run in a folder that holds files other than a run's: the run would
+    overwrite them (a folder holding a run is refused later, with a hint to --resume)."""
+    from gridlens.training.checkpoint import checkpoint_dir
+    from gridlens.training.config import TrainConfig
+    from gridlens.training.trainer import CONFIG_FILE, LOG_FILE
+
+    if not out.is_dir() or checkpoint_dir(out).is_dir() or (out / "model").exists():
+        return
+    others = sorted(p.name for p in out.iterdir() if p.name not in (CONFIG_FILE, LOG_FILE))
+    config = out / CONFIG_FILE
+    if config.is_file() and not others:
+        try:
+            TrainConfig.from_dict(json.loads(config.read_text()), str(config))
+            return  # what a run killed before its first checkpoint leaves
+        except (ValueError, TypeError, AttributeError, ConfigError):
+            others = [CONFIG_FILE]
+    if others:
+        raise ConfigError(
+            f"{out}: not empty and not a training run (holds {', '.join(others[:5])}); "
+            "choose a new or empty --out"
+        )
+
+
 # ---------------------------------------------------------------------------- eval
 
 
 def resolve_model(spec: str, device: str = "cpu"):
     """(model, training config dict or None, path) for `default`, a run directory, a model
     directory/file in any format gridlens.models.load reads, or a training checkpoint (.pt)."""
+    from gridlens.integrity import load_pickle
     from gridlens.models import GridGPT, load
     from gridlens.models.checkpoints import resolve_default
-    from gridlens.training.checkpoint import FORMAT, load_checkpoint
+    from gridlens.training.checkpoint import check_checkpoint, is_checkpoint
     from gridlens.training.config import TrainConfig
 
     if spec == "default":
@@ -242,18 +295,15 @@ def resolve_model(spec: str, device: str = "cpu"):
             path = path / "model"  # a run directory
     training = None
     if path.is_file() and path.suffix == ".pt":
-        import torch
-
-        head = None
-        try:
-            head = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
-            head = None
-        if isinstance(head, dict) and head.get("format") == FORMAT:
-            state = load_checkpoint(path)
-            cfg = TrainConfig.from_dict(state["config"], str(path))
+        head = load_pickle(path, "checkpoint")
+        if is_checkpoint(head):
+            check_checkpoint(head, path)
+            cfg = TrainConfig.from_dict(head["config"], str(path))
             model = GridGPT(cfg.model_config(), seed=0)
-            model.load_state_dict(state["model"])
+            try:
+                model.load_state_dict(head["model"])
+            except (RuntimeError, KeyError, TypeError) as error:
+                raise CheckpointError(f"{path}: weights do not fit its config ({error})") from None
             return model.to(device).eval(), cfg.to_dict(), path
     model = load(path, device=device).eval()
     for candidate in (
@@ -275,19 +325,19 @@ def resolve_model(spec: str, device: str = "cpu"):
 @click.option(
     "--json",
     "json_path",
-    type=click.Path(dir_okay=False),
+    type=OutputPath("file"),
     default=None,
     help="Write the metrics as JSON here.",
 )
 @click.option(
     "--out",
-    type=click.Path(file_okay=False),
+    type=OutputPath("dir"),
     default=None,
     help="Write eval.json, bars.png and failures.png into this directory.",
 )
-@click.option("--bars", type=click.Path(dir_okay=False), default=None, help="Bar chart PNG.")
+@click.option("--bars", type=OutputPath("file"), default=None, help="Bar chart PNG.")
 @click.option(
-    "--gallery", type=click.Path(dir_okay=False), default=None, help="Failure gallery PNG."
+    "--gallery", type=OutputPath("file"), default=None, help="Failure gallery PNG."
 )
 @click.option(
     "--tasks", default=None, help="Tasks (default: those the model was trained on, else the 8)."
@@ -347,9 +397,8 @@ def eval_command(
     from tqdm import tqdm
 
     from gridlens.training.data import TestSet
-    from gridlens.training.evaluate import bar_chart, evaluate, failure_gallery
+    from gridlens.training.evaluate import evaluate
     from gridlens.training.trainer import resolve_device
-    from gridlens.world.render import atomic_write
     from gridlens.world.tasks import resolve_tasks
 
     if n < 1 or batch_size < 1:
@@ -370,10 +419,11 @@ def eval_command(
     )
     test_seed = seed if seed is not None else (training["test_seed"] if training else 0)
     pool = test_pool or (training["test_pool"] if training else 2000)
-    if n * len(names_s) > pool:
-        pool = (
-            n * 5
-        )  # one slice per structure; a larger pool than training's is not guaranteed disjoint
+    enlarged = n * len(names_s) > pool
+    if enlarged:  # one slice per structure; a larger pool than training's is not disjoint
+        pool = n * 5
+    test_set = TestSet.build(task_names, pool, test_seed)  # a size that cannot fit fails here
+    if enlarged:
         click.echo(
             f"warning: test pool enlarged to {pool} per task; only the training pool size "
             "is guaranteed disjoint from the training data",
@@ -385,7 +435,6 @@ def eval_command(
             f"(training used seed {training['test_seed']}, pool {training['test_pool']})",
             err=True,
         )
-    test_set = TestSet.build(task_names, pool, test_seed)
     amp = torch.bfloat16 if dev.type == "cuda" else None
     total = n * len(names_s) * len(task_names)
     with tqdm(total=total, desc="eval", unit="quiz", dynamic_ncols=True, leave=False) as bar:
@@ -415,12 +464,24 @@ def eval_command(
         json_path = json_path or str(out_dir / "eval.json")
         bars = bars or str(out_dir / "bars.png")
         gallery = gallery or str(out_dir / "failures.png")
+    title = f"{model_spec}: {n} quizzes per task and structure"
+    save_or_rescue(
+        lambda place: _write_eval(place, payload, result, json_path, bars, gallery, title),
+        "evaluation results",
+    )
+
+
+def _write_eval(place, payload, result, json_path, bars, gallery, title) -> None:
+    """Write the requested eval outputs, each at place(its path)."""
+    from gridlens.training.evaluate import bar_chart, failure_gallery
+
     if json_path:
-        atomic_write(json_path, lambda h: h.write((json.dumps(payload, indent=2) + "\n").encode()))
-        click.echo(f"wrote {json_path}")
+        text = (json.dumps(payload, indent=2) + "\n").encode()
+        atomic_write(place(json_path), lambda h: h.write(text))
+        click.echo(f"wrote {place(json_path)}")
     if bars:
-        bar_chart(result, bars, title=f"{model_spec}: {n} quizzes per task and structure")
-        click.echo(f"wrote {bars}")
+        bar_chart(result, place(bars), title=title)
+        click.echo(f"wrote {place(bars)}")
     if gallery:
-        drawn = failure_gallery(result.failures, gallery)
-        click.echo(f"wrote {gallery} ({drawn} failures)" if drawn else "no failures to draw")
+        drawn = failure_gallery(result.failures, place(gallery))
+        click.echo(f"wrote {place(gallery)} ({drawn} failures)" if drawn else "no failures to draw")

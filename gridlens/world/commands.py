@@ -11,6 +11,8 @@ import numpy as np
 import torch
 
 from gridlens.errors import ConfigError, GridlensError, TokenError
+from gridlens.integrity import load_pickle
+from gridlens.io import OutputPath
 
 STRUCTURE_HELP = (
     "forward (A, f_A, B, f_B), inverse, backward, backward_inverse, generation, a comma-separated "
@@ -81,7 +83,13 @@ def world() -> None:
     show_default=True,
     help="Outline the cells that change between X and f(X), or the noisy cells.",
 )
-@click.option("--out", "-o", default=None, help="Write a PNG here instead of printing.")
+@click.option(
+    "--out",
+    "-o",
+    type=OutputPath("file"),
+    default=None,
+    help="Write a PNG here instead of printing.",
+)
 @click.option("--columns", type=int, default=None, help="Quizzes side by side in the PNG.")
 @click.option("--cell", type=int, default=14, show_default=True, help="Cell size in pixels.")
 @click.option(
@@ -113,7 +121,14 @@ def show(tasks, n, seed, structure, noise, height, width, highlight, out, column
 
 
 @world.command()
-@click.option("--out", "-o", default="gallery.png", show_default=True, help="The PNG to write.")
+@click.option(
+    "--out",
+    "-o",
+    type=OutputPath("file"),
+    default="gallery.png",
+    show_default=True,
+    help="The PNG to write.",
+)
 @click.option("--per-task", type=int, default=3, show_default=True, help="Quizzes per task.")
 @click.option(
     "--tasks",
@@ -157,7 +172,7 @@ def gallery(out, per_task, tasks, seed, cell, highlight):
 
 
 @world.command()
-@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.argument("out_dir", type=OutputPath("dir"))
 @click.option("-n", "n", type=int, default=1_000_000, show_default=True, help="Quizzes.")
 @click.option(
     "--tasks",
@@ -225,7 +240,7 @@ def _load_tokens(path: Path, task: str) -> torch.Tensor:
                 raise TokenError(f"{path}: no tensor named 'tokens'")
             return torch.as_tensor(data["tokens"])
         if suffix in (".pt", ".pth"):
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            data = load_pickle(path, "token file", TokenError)
             if isinstance(data, dict) and "tokens" in data:
                 data = data["tokens"]
             if not isinstance(data, torch.Tensor):
@@ -243,7 +258,13 @@ def _load_tokens(path: Path, task: str) -> torch.Tensor:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--height", type=int, default=None, help="Grid height (default: from the length).")
 @click.option("--width", type=int, default=None, help="Grid width (default: from the length).")
-@click.option("--json", "json_out", default=None, help="Also write the verdicts as JSON here.")
+@click.option(
+    "--json",
+    "json_out",
+    type=OutputPath("file"),
+    default=None,
+    help="Also write the verdicts as JSON.",
+)
 def check(task, file, height, width, json_out):
     """Check which quizzes in FILE are valid instances of TASK.
 

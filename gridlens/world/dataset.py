@@ -104,11 +104,17 @@ class DatasetConfig:
 
     @classmethod
     def from_json(cls, d: dict, source: str = "manifest") -> DatasetConfig:
+        """The configuration a manifest records, with every field checked as `make` does."""
+        ints = ("n", "shard_size", "seed", "height", "width", "chunk_size")
         try:
-            d = dict(d)
-            d["tasks"], d["structures"] = tuple(d["tasks"]), tuple(d["structures"])
-            return cls(**d)
-        except (KeyError, TypeError) as error:
+            bad = [k for k in ints if not isinstance(d[k], int) or isinstance(d[k], bool)]
+            if bad or not isinstance(d["noise"], int | float):
+                raise TypeError(f"fields {bad or ['noise']} must be numbers")
+            if not all(isinstance(d[k], list) for k in ("tasks", "structures")):
+                raise TypeError("fields 'tasks' and 'structures' must be lists of names")
+            return cls.make(d["n"], d["tasks"], d["structures"], d["noise"], d["shard_size"],
+                            d["seed"], d["height"], d["width"], d["chunk_size"])  # fmt: skip
+        except (KeyError, TypeError, GridlensError) as error:
             raise DatasetError(f"{source}: malformed 'config' ({error})") from None
 
 
@@ -348,9 +354,34 @@ class WorldDataset:
                     "(shard-NNNNN.safetensors), count and sha256"
                 )
         self.shards = sorted(self.manifest["shards"], key=lambda s: s["index"])
+        self._check_shard_list(manifest_path)
         self.tasks: tuple[str, ...] = self.config.tasks
         self.structures: tuple[str, ...] = self.config.structures
         self.quiz_length = quiz_length(self.config.height, self.config.width)
+
+    def _check_shard_list(self, manifest_path: Path) -> None:
+        """Each shard listed once, with the count its index must have, and (complete datasets)
+        every shard listed: a manifest edited by hand cannot silently drop or repeat data."""
+        indices = [s["index"] for s in self.shards]
+        repeated = sorted({k for k in indices if indices.count(k) > 1})
+        wrong = [
+            s["index"] for s in self.shards
+            if not 0 <= s["index"] < self.config.n_shards
+            or s["count"] != self.config.shard_count(s["index"])
+        ]  # fmt: skip
+        missing = sorted(set(range(self.config.n_shards)) - set(indices))
+        problem = ""
+        if repeated:
+            problem = f"shards {repeated} are listed more than once"
+        elif wrong:
+            problem = f"shards {wrong} have an index or count that does not fit the config"
+        elif missing and self.manifest["complete"]:
+            problem = f"shards {missing[:10]} are missing"
+        if problem:
+            raise DatasetError(
+                f"{manifest_path}: {problem} (n={self.config.n}, shard_size="
+                f"{self.config.shard_size}); re-run the dataset command to repair it"
+            )
 
     def __len__(self) -> int:
         return sum(s["count"] for s in self.shards)
@@ -371,6 +402,8 @@ class WorldDataset:
             data = path.read_bytes()
         except FileNotFoundError:
             raise DatasetError(f"{path}: shard file missing") from None
+        except OSError as error:
+            raise DatasetError(f"{path}: cannot read the shard ({error.strerror})") from None
         digest = hashlib.sha256(data).hexdigest()
         if digest != entry["sha256"]:
             raise DatasetError(

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from gridlens.errors import ConfigError, TokenError
+from gridlens.resources import check_fits
 from gridlens.world import structures as st
 from gridlens.world.tasks import get_task, resolve_tasks
 from gridlens.world.tokens import MARKER_TOKENS, grid_size_from_length, tokens_to_grids
@@ -123,6 +124,10 @@ def resolve_structures(structure: str | Sequence[str] | None) -> tuple[str, ...]
     return tuple(names)
 
 
+#: Memory per grid cell while generating: grids, objects, roles, changes, noise and tokens.
+_BYTES_PER_CELL = 16
+
+
 def generate(
     tasks: str | Sequence[str] | None = None,
     n: int = 1,
@@ -144,6 +149,9 @@ def generate(
         raise ConfigError(f"n must be >= 0, got {n}")
     if not 0.0 <= noise <= 1.0:
         raise ConfigError(f"noise must be a probability in [0, 1], got {noise}")
+    check_fits(
+        n * 4 * height * width * _BYTES_PER_CELL, f"generating {n} quizzes of {height}x{width}"
+    )
     for name in names:
         get_task(name).validate_size(height, width)
     if not isinstance(seed, np.random.Generator) and (

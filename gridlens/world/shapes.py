@@ -12,6 +12,7 @@ from functools import cache, lru_cache
 import numpy as np
 
 from gridlens.errors import GridSizeError
+from gridlens.resources import check_fits
 
 Proposal = Callable[[int], tuple[np.ndarray, dict[str, np.ndarray]]]
 
@@ -72,6 +73,9 @@ def rectangle_table(
     height: int, width: int, min_height: int = 3, min_width: int = 3, max_area: int | None = None
 ) -> RectangleTable:
     max_area = height * width // 2 if max_area is None else max_area
+    r = count_rectangles(height, width, min_height, min_width, max_area)
+    check_fits(r * r + r * height * width, f"the rectangle table of a {height}x{width} grid",
+               GridSizeError)  # fmt: skip
     rows = [(a, b) for a in range(height) for b in range(a + min_height, height + 1)]
     cols = [(a, b) for a in range(width) for b in range(a + min_width, width + 1)]
     rects = np.array(
@@ -99,6 +103,20 @@ def rectangle_table(
     for a in (rects, masks, overlap):
         a.setflags(write=False)
     return RectangleTable(rects, overlap, masks)
+
+
+def count_rectangles(
+    height: int, width: int, min_height: int, min_width: int, max_area: int
+) -> int:
+    """How many rectangles `rectangle_table` holds (without listing them)."""
+    total = 0
+    for h in range(min_height, height + 1):
+        widest = min(width, max_area // h)
+        if widest < min_width:
+            break
+        ws = widest - min_width + 1  # sum over w of (width - w + 1), w = min_width..widest
+        total += (height - h + 1) * (ws * (width + 1) - (min_width + widest) * ws // 2)
+    return total
 
 
 @cache

@@ -10,7 +10,7 @@ import click
 import torch
 
 from gridlens.errors import ConfigError, unknown_name
-from gridlens.io import atomic_write
+from gridlens.io import OutputPath, atomic_write
 from gridlens.training.culture.config import CultureConfig
 
 _SETTINGS = {f.name: f.type for f in fields(CultureConfig)}
@@ -48,7 +48,7 @@ def culture() -> None:
 
 
 @culture.command("run")
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Population folder.")
+@click.option("--out", type=OutputPath("dir"), required=True, help="Population folder.")
 @click.option(
     "--preset",
     default=None,
@@ -85,7 +85,7 @@ def run_command(out, preset, resume, rounds, sets, device, threads, no_progress)
 
 @culture.command("report")
 @click.option("--population", type=click.Path(file_okay=False), required=True)
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Default POP/report.")
+@click.option("--out", type=OutputPath("dir"), default=None, help="Default POP/report.")
 def report_command(population, out) -> None:
     """Figures and JSON: accuracies per round, kept and novel quizzes, a gallery by label."""
     from gridlens.training.culture.report import culture_report
@@ -101,7 +101,7 @@ def report_command(population, out) -> None:
 
 @culture.command("export")
 @click.option("--population", type=click.Path(file_okay=False), required=True)
-@click.option("--out", type=click.Path(dir_okay=False), required=True, help="c_quizzes.pth")
+@click.option("--out", type=OutputPath("file"), required=True, help="c_quizzes.pth")
 def export_command(population, out) -> None:
     """Write the culture in the original c_quizzes.pth layout (train list, test list)."""
     from gridlens.training.culture.report import load_population_summary
@@ -133,7 +133,7 @@ def import_command(population, c_quizzes) -> None:
 @click.option("--quizzes", type=int, default=64, show_default=True, help="Shared inputs.")
 @click.option("--sae-a", type=click.Path(file_okay=False), default=None, help="SAE of model A.")
 @click.option("--sae-b", type=click.Path(file_okay=False), default=None, help="SAE of model B.")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Default POP/report.")
+@click.option("--out", type=OutputPath("dir"), default=None, help="Default POP/report.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--all-pairs", is_flag=True, help="Also every pair of members (neurons).")
 def universality_command(

@@ -9,6 +9,7 @@ from typing import Any
 
 from gridlens.errors import ConfigError, unknown_name
 from gridlens.models.config import PRESETS
+from gridlens.resources import check_fits
 from gridlens.world.tasks import resolve_tasks
 
 FORMAT = "gridlens.culture"
@@ -69,6 +70,15 @@ class CultureConfig:
             raise ConfigError("prompt_noise and accuracy_threshold are probabilities in [0, 1]")
         if self.lr <= 0 or self.temperature_hot <= 0 or self.temperature_cold <= 0:
             raise ConfigError("lr and temperatures must be > 0")
+        self._check_memory()
+
+    def _check_memory(self) -> None:
+        """Refuse a population that cannot fit: k models with their Adam states, and the
+        quizzes each holds (every model's candidates, the epoch's and the test set)."""
+        quiz = 8 * 4 * (1 + self.height * self.width)
+        model = 16 * PRESETS[self.model].n_params() + self.candidates_per_model * quiz
+        data = (self.train_quizzes + self.test_quizzes) * quiz * 4
+        check_fits(self.k * model + data, f"a population of {self.k} {self.model!r} models")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

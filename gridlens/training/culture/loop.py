@@ -22,6 +22,7 @@ prompts (the original samples at temperature 1 with prompt noise).
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +33,11 @@ import torch
 from tqdm.auto import tqdm
 
 from gridlens.errors import CheckpointError, ConfigError
+from gridlens.integrity import load_pickle, seal_payload, verify_payload
 from gridlens.io import atomic_write
 from gridlens.models import GridGPT
 from gridlens.models.generate import complete, last_grid_positions
-from gridlens.training.checkpoint import UNREADABLE, restore
+from gridlens.training.checkpoint import restore
 from gridlens.training.culture import candidates as cd
 from gridlens.training.culture.config import FORMAT, POLICY, VERSION, CultureConfig
 from gridlens.training.culture.store import (
@@ -106,7 +108,11 @@ class Population:
         index = out / "culture.json"
         if index.exists() and not resume:
             raise ConfigError(f"{out}: already holds a population; pass --resume or another --out")
-        if resume and index.exists():
+        if resume and not index.exists():
+            raise ConfigError(
+                f"{out}: no population to resume (no culture.json); drop --resume to start one"
+            )
+        if resume:
             saved = _read_json(index)
             if saved.get("format") != FORMAT or saved.get("version") != VERSION:
                 raise CheckpointError(
@@ -159,35 +165,27 @@ class Population:
             "optimizer": member.optimizer.state_dict(),
             "epochs": member.epochs,
         }
-        atomic_write(path, lambda handle: torch.save(payload, handle))
+        atomic_write(path, lambda handle: torch.save(seal_payload(payload), handle))
         member.file = path.name
 
     def _load_state(self, tidy: bool = True) -> None:
         """Load the committed state; ``tidy``: then drop files and history lines written after
         the last commit (what an interrupted round left behind)."""
-        state = _read_json(self.out / "state.json")
-        rows = state.get("members", [])
-        if len(rows) != self.cfg.k:
-            raise CheckpointError(f"{self.out}/state.json: {len(rows)} members, k={self.cfg.k}")
+        state = _checked_state(self.out / "state.json", self.cfg.k)
         self.members = []
-        for k, row in enumerate(rows):
+        for k, row in enumerate(state["members"]):
             member = self._new_member(k)
             path = self.out / "models" / row["file"]
-            if not path.is_file():
-                raise CheckpointError(f"{path}: model file missing (state.json names it)")
-            try:
-                payload = torch.load(path, map_location=self.device, weights_only=True)
-            except UNREADABLE as error:
-                first = str(error).splitlines()[0][:200]
-                raise CheckpointError(f"{path}: corrupted model file ({first})") from None
+            payload = load_pickle(path, "culture model")
+            verify_payload(payload, path)
             restore(member.model, member.optimizer, payload, f"model {k} of {self.out}")
-            member.epochs, member.accuracy = int(row["epochs"]), float(row["accuracy"])
+            member.epochs, member.accuracy = row["epochs"], float(row["accuracy"])
             member.world_accuracy = float(row.get("world_accuracy", 0.0))
             member.culture_accuracy = row.get("culture_accuracy")
             member.file = row["file"]
             self.members.append(member)
-        self.round = int(state["round"])
-        self.committed = [str(name) for name in state.get("culture_parts", [])]
+        self.round = state["round"]
+        self.committed = list(state.get("culture_parts", []))
         for name in self.committed:
             part = load_part(
                 culture_path(self.out, name), self.cfg.k, self.cfg.height, self.cfg.width
@@ -465,6 +463,55 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return data
+
+
+_MEMBER_FILE = re.compile(r"model_\d+_e\d{5}\.pt")
+_PART_NAME = re.compile(r"(round_\d{5}|import_\d{5}_\d+)")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _checked_state(path: Path, k: int) -> dict[str, Any]:
+    """state.json, with every field the loop reads of the right type and every file it names
+    inside the population folder (a name such as `../x` is refused, never read)."""
+    state = _read_json(path)
+    rows, parts = state.get("members"), state.get("culture_parts", [])
+    problem = ""
+    if not _is_int(state.get("round")) or state["round"] < 0:
+        problem = "'round' must be an integer >= 0"
+    elif not isinstance(rows, list) or len(rows) != k:
+        problem = f"'members' must be a list of {k} entries (k={k})"
+    elif not isinstance(parts, list) or not all(
+        isinstance(p, str) and _PART_NAME.fullmatch(p) for p in parts
+    ):
+        problem = "'culture_parts' must be a list of names round_NNNNN or import_NNNNN_I"
+    else:
+        problem = next(filter(None, (_member_problem(row, i) for i, row in enumerate(rows))), "")
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
+    return state
+
+
+def _member_problem(row: Any, i: int) -> str:
+    """What is wrong with entry `i` of state.json's members ('' if nothing)."""
+    if not isinstance(row, dict):
+        return f"members[{i}] must be an object"
+    if not isinstance(row.get("file"), str) or not _MEMBER_FILE.fullmatch(row["file"]):
+        return f"members[{i}].file must be a file name model_K_eEEEEE.pt in models/"
+    if not _is_int(row.get("epochs")):
+        return f"members[{i}].epochs must be an integer"
+    if not _is_number(row.get("accuracy")) or not _is_number(row.get("world_accuracy", 0.0)):
+        return f"members[{i}].accuracy and .world_accuracy must be numbers"
+    culture = row.get("culture_accuracy")
+    if culture is not None and not _is_number(culture):
+        return f"members[{i}].culture_accuracy must be a number or null"
+    return ""
 
 
 def read_history(out: str | Path) -> list[dict[str, Any]]:

@@ -19,11 +19,10 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from gridlens.errors import CheckpointError, GridlensError
+from gridlens.integrity import load_pickle, seal_safetensors, verify_safetensors_bytes
 from gridlens.io import atomic_write
-from gridlens.training.checkpoint import UNREADABLE
 from gridlens.world.tasks import TASKS
 from gridlens.world.tokens import validate_tokens
 
@@ -82,7 +81,7 @@ def save_part(population: Path, name: str, quizzes: CultureSet, meta: dict) -> P
     path = culture_path(population, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.contiguous() for name, t in zip(_FIELDS, quizzes._tensors(), strict=True)}
-    blob = st_save(tensors, metadata={"meta": json.dumps(meta), "labels": json.dumps(LABELS)})
+    blob = seal_safetensors(tensors, {"meta": json.dumps(meta), "labels": json.dumps(LABELS)})
     return atomic_write(path, lambda handle: handle.write(blob))
 
 
@@ -92,9 +91,11 @@ def load_part(path: Path, k: int, height: int, width: int) -> CultureSet:
     if not path.is_file():
         raise CheckpointError(f"{path}: culture round file missing (the population state names it)")
     try:
-        tensors = st_load(path.read_bytes())
+        blob = path.read_bytes()
+        tensors = st_load(blob)
     except (SafetensorError, ValueError, OSError) as error:
         raise CheckpointError(f"{path}: corrupted culture round file ({error})") from None
+    verify_safetensors_bytes(blob, path)
     missing = [name for name in _FIELDS if name not in tensors]
     if missing:
         raise CheckpointError(f"{path}: culture round file lacks {missing}")
@@ -121,20 +122,19 @@ def save_original(path: str | Path, culture: CultureSet) -> Path:
 def load_original(path: str | Path, height: int = 10, width: int = 10):
     """(train [n, L], test [m, L]) from an original `c_quizzes.pth` (read weights-only)."""
     path = Path(path)
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file") from None
-    except UNREADABLE as error:
-        raise CheckpointError(f"{path}: not a readable c_quizzes.pth ({error})") from None
+    data = load_pickle(path, "c_quizzes.pth")
     if not (isinstance(data, tuple | list) and len(data) == 2):
         raise CheckpointError(
             f"{path}: expected (train list, test list), got {type(data).__name__}"
         )
     parts = []
     for name, part in zip(("train", "test"), data, strict=True):
-        if not isinstance(part, list | tuple) or not all(torch.is_tensor(t) for t in part):
-            raise CheckpointError(f"{path}: the {name} entry must be a list of token tensors")
+        if not isinstance(part, list | tuple) or not all(
+            torch.is_tensor(t) and t.ndim == 2 and not t.is_floating_point() for t in part
+        ):
+            raise CheckpointError(
+                f"{path}: the {name} entry must be a list of integer token tensors [n, L]"
+            )
         tokens = torch.cat([t.long().reshape(len(t), -1) for t in part]) if part else None
         if tokens is None:
             tokens = torch.zeros(0, 4 * (1 + height * width), dtype=torch.long)
