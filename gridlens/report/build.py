@@ -22,10 +22,11 @@ import torch
 
 from gridlens.errors import ConfigError, GridlensError, unknown_name
 from gridlens.io import atomic_directory, atomic_write
+from gridlens.report.findings import stage_claims, stage_findings, stage_neurons, stage_sae
 from gridlens.report.html import Figure, Page, Section, Table, Text
 
 REPORT_FORMAT = "gridlens.report"
-REPORT_VERSION = 1
+REPORT_VERSION = 2  # 2: `findings` is the list of claims; section lines in `section_findings`
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,10 @@ class _Run:
     objects: dict[str, Any] = field(default_factory=dict)  # name -> result, for later stages
     sections: list[Section] = field(default_factory=list)
     population: Path | None = None  # a culture population to report on, if given
+    sae_path: Path | None = None  # an SAE given with --sae
+    claims: list = field(default_factory=list)  # the published claims, tested (findings.py)
+    study: Any = None  # the task-specific MLP's quizzes and answers (mlp_claims.MlpStudy)
+    sae: Any = None  # the SAE of the SAE section
     _quizzes: Any = None
 
     @property
@@ -103,11 +108,13 @@ def build_report(
     n_per_task: int | None = None,
     command: str | None = None,
     population: str | Path | None = None,
+    sae: str | Path | None = None,
 ) -> Path:
     """Evaluate `model` and run every analysis on it; write `out/index.html`, its PNGs and
     `out/report.json`. Returns the folder. `size` ("tiny", "small", "full") sets how many
     quizzes each stage uses; `n_per_task` overrides the analysis quiz count; `population` (a
-    `gridlens culture run` folder) adds a section on its culture."""
+    `gridlens culture run` folder) adds a section on its culture; `sae` (an SAE folder, or
+    'default') replaces the SAE the report would choose or train."""
     from tqdm import tqdm
 
     from gridlens.training.commands import resolve_model
@@ -133,6 +140,8 @@ def build_report(
         stages.append(("culture", _stage_culture))
     loaded, training, path = resolve_model(str(model), device)
     loaded = loaded.to(device).eval()
+    if sae is not None:
+        _check_sae(loaded, sae)
     spec = SIZES[size]
     options = {
         "model": str(model),
@@ -142,12 +151,14 @@ def build_report(
         "device": device,
         "n_per_task": n_per_task or spec.n_per_task,
         "population": None if population is None else str(population),
+        "sae": None if sae is None else str(sae),
     }
     command = command or "build_report(" + ", ".join(f"{k}={v!r}" for k, v in options.items()) + ")"
 
     def fill(folder: Path) -> None:
         run = _Run(loaded, task_names, spec, options["n_per_task"], seed, folder, training)
         run.population = population
+        run.sae_path = None if sae is None else str(sae)
         timings: dict[str, float] = {}
         cpu: dict[str, float] = {}
         started, started_cpu = time.perf_counter(), time.process_time()
@@ -156,11 +167,13 @@ def build_report(
                 bar.set_postfix_str(name)
                 t0, c0 = time.perf_counter(), time.process_time()
                 try:
-                    run.sections.append(stage(run))
+                    section = stage(run)
                 except GridlensError:
                     raise
                 except Exception as error:
                     raise RuntimeError(f"report stage {name!r} failed: {error}") from error
+                if section is not None:
+                    run.sections.append(section)
                 timings[name] = round(time.perf_counter() - t0, 3)
                 cpu[name] = round(time.process_time() - c0, 3)
         timings["total"] = round(time.perf_counter() - started, 3)
@@ -178,13 +191,25 @@ def build_report(
             "timings_s": timings,
             "cpu_s": cpu,
             "summary": _summary(run.sections),
-            "findings": {s.title: s.findings for s in run.sections},
+            "findings": run.results.pop("findings"),
+            "section_findings": {s.title: s.findings for s in run.sections},
             "results": run.results,
         }
         text = (json.dumps(_plain(payload), indent=2, allow_nan=False) + "\n").encode()
         atomic_write(folder / "report.json", lambda handle: handle.write(text))
 
     return atomic_directory(out, fill)
+
+
+def _check_sae(model, sae: str | Path) -> None:
+    """Refuse, before any work, an SAE whose site this model lacks or has another width."""
+    from gridlens.sae.activations import site_width
+    from gridlens.sae.io import load_sae
+
+    cfg = load_sae(sae).cfg
+    width = site_width(model, cfg.hook_name)
+    if width != cfg.d_in:
+        raise ReportError(f"{sae}: SAE d_in {cfg.d_in}, but {cfg.hook_name} has width {width}")
 
 
 def _check_target(out: Path) -> None:
@@ -299,14 +324,20 @@ def _page(run: _Run, path: Path, options: dict, timings: dict, cpu: dict, comman
         title="gridlens report",
         subtitle=f"Circuit analysis of {path.name if path.name else path}",
         meta=meta,
-        sections=[summary, *run.sections, about],
+        sections=_top_first(run.sections, summary, about),
         footer=f"Made by gridlens {_versions()['gridlens']}.",
     )
 
 
+def _top_first(sections: list[Section], summary: Section, about: Section) -> list[Section]:
+    """Findings, then the summary, the other sections and the timings."""
+    top = [s for s in sections if s.title == "Findings"]
+    return [*top, summary, *[s for s in sections if s not in top], about]
+
+
 def _summary(sections: list[Section]) -> list[str]:
     """The first finding of every section: the page's summary."""
-    return [s.findings[0] for s in sections if s.findings]
+    return [s.findings[0] for s in sections if s.findings and s.title != "Findings"]
 
 
 def _pct(x: float | None) -> str:
@@ -766,7 +797,7 @@ def _stage_culture(run: _Run) -> Section:
     return section
 
 
-STAGES: list[tuple[str, Callable[[_Run], Section]]] = [
+STAGES: list[tuple[str, Callable[[_Run], Section | None]]] = [
     ("evaluation", _stage_evaluation),
     ("layer ablation", _stage_layer_ablation),
     ("head ablation", _stage_head_ablation),
@@ -775,4 +806,8 @@ STAGES: list[tuple[str, Callable[[_Run], Section]]] = [
     ("patching", _stage_patching),
     ("generation", _stage_generation),
     ("probes", _stage_probes),
+    ("claims", stage_claims),
+    ("sae", stage_sae),
+    ("neurons", stage_neurons),
+    ("findings", stage_findings),
 ]
