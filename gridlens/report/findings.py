@@ -63,9 +63,15 @@ def stage_findings(run) -> Section:
 
 def _other_tasks(quizzes, task: str, per_task: int):
     """Up to `per_task` quizzes of each task but `task` (None if there is none)."""
-    rows = [np.flatnonzero(quizzes.tasks == t)[:per_task] for t in quizzes.task_names()]
-    rows = [r for r, t in zip(rows, quizzes.task_names(), strict=True) if t != task]
-    return quizzes.subset(np.concatenate(rows)) if rows else None
+    others = [t for t in quizzes.task_names() if t != task]
+    return first_of_each(quizzes, per_task, others) if others else None
+
+
+def first_of_each(quizzes, k: int, tasks: list[str] | None = None):
+    """The first `k` quizzes of each task (of `tasks`, default all), at least one each."""
+    tasks = quizzes.task_names() if tasks is None else tasks
+    rows = [np.flatnonzero(quizzes.tasks == t)[: max(1, k)] for t in tasks]
+    return quizzes.subset(np.concatenate(rows))
 
 
 def findings_section(claims) -> Section:
@@ -116,7 +122,7 @@ def choose_sae(run) -> tuple[Any, str]:
     site = run.study.site
     shipped = load_sae("default")
     if shipped.cfg.hook_name == site:
-        fit = site_fit(run.model, shipped, run.quizzes.subset(slice(0, None, 4)))
+        fit = site_fit(run.model, shipped, first_of_each(run.quizzes, run.n_per_task // 4))
         if fit >= EV_TO_REUSE:
             return shipped, f"the shipped SAE (explains {fit:.1%} of {site} here)"
     return train_small_sae(run, site), f"trained for this report on {SAE_TOKENS:,} rows"
@@ -156,7 +162,7 @@ def stage_sae(run) -> Section:
             site=sae.cfg.hook_name, arch=sae.cfg.architecture, d_sae=sae.cfg.d_sae, origin=origin
         ),
     )
-    metrics = evaluate_sae(run.model, sae, run.quizzes.subset(slice(0, None, 2)))
+    metrics = evaluate_sae(run.model, sae, first_of_each(run.quizzes, run.n_per_task // 2))
     acts = latent_activations(run.model, sae, run.quizzes)
     expression, labels = expression_matrix(acts), label_latents(acts)
     latents = choose_latents(expression, labels, 12)
@@ -246,7 +252,7 @@ def neuron_estimates(model, quizzes, layers: list[int]) -> dict[str, float]:
 def stage_neurons(run) -> Section:
     from gridlens.analysis.ablation import ablate
 
-    cfg, quizzes = run.cfg, run.quizzes.subset(slice(0, None, 8))
+    cfg, quizzes = run.cfg, first_of_each(run.quizzes, run.n_per_task // 8)
     every = cfg.n_layers * cfg.d_mlp <= MAX_NEURONS
     layers = list(range(cfg.n_layers)) if every else [run.study.layer]
     estimate = neuron_estimates(run.model, quizzes, layers)

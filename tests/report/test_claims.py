@@ -1,0 +1,135 @@
+"""The published claims' machinery on hand-built models whose answers are known: a layer-0 head
+copying the previous grid (claims 1-3), the same head moved to layer 1 (claims 1-2 fail), a
+known (MLP x task) matrix (claim 4), and forced continuations of models that copy the previous
+grid or repeat the last token (claim 5)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from constructed import copy_model
+
+from gridlens.analysis.ablation import ablate
+from gridlens.analysis.attention import classify_heads
+from gridlens.analysis.core import QuizSet, quiz_set
+from gridlens.report import claims as c
+from gridlens.report import mlp_claims as m
+
+
+@pytest.fixture(scope="module")
+def quizzes():
+    """Quizzes whose answer f_B is a copy of B: the copy model below gets them right."""
+    return with_answer_b(quiz_set(["frame", "contact"], n_per_task=2, seed=0))
+
+
+def with_answer_b(quizzes: QuizSet) -> QuizSet:
+    tokens = quizzes.tokens.clone()
+    tokens[:, 304:404] = tokens[:, 203:303]
+    return QuizSet(dataclasses.replace(quizzes.batch, tokens=tokens))
+
+
+@pytest.fixture(scope="module")
+def copier():
+    return copy_model(offset=100, layer=0, n_layers=3)
+
+
+def test_the_construction_copies_the_previous_grid(copier, quizzes):
+    logits = copier(quizzes.tokens)
+    assert (logits[:, 304:404].argmax(-1) == quizzes.tokens[:, 203:303]).all()
+
+
+def test_claim1_l0_attention_outsized(copier, quizzes):
+    claim = c.l0_attention_outsized(ablate(copier, quizzes, "layers", method="zero"))
+    assert claim.verdict == "reproduced"
+    e = claim.evidence
+    assert e["next_layer"] in ("L1.attn", "L2.attn") and e["next_loss_increase"] == 0
+    assert e["l0_loss_ratio"] > 10
+    later = copy_model(offset=100, layer=1, n_layers=3)  # the copy head in layer 1 instead
+    claim = c.l0_attention_outsized(ablate(later, quizzes, "layers", method="zero"))
+    assert claim.verdict == "not reproduced" and "L1.attn" in claim.reason
+    one = copy_model(offset=100, layer=0, n_layers=1)
+    claim = c.l0_attention_outsized(ablate(one, quizzes, "layers", method="zero"))
+    assert claim.verdict == "not applicable" and "one attention layer" in claim.reason
+
+
+def test_claim2_previous_token_head(copier, quizzes):
+    claim = c.l0_previous_token_head(classify_heads(copier, quizzes))
+    assert claim.verdict == "reproduced"
+    assert claim.evidence["head"] == "L0H0"
+    assert claim.evidence["category"] == "prev_grid_same_cell"
+    assert claim.evidence["attention_share"] > 0.95
+    above = copy_model(offset=10, layer=0, n_layers=2)  # the cell above: not a previous token
+    claim = c.l0_previous_token_head(classify_heads(above, quizzes))
+    assert claim.verdict == "not reproduced" and claim.evidence["attention_share"] < 0.25
+
+
+def test_claim3_direct_path_ablates_everything_else(copier, quizzes):
+    claim = c.l0_direct_path_copies(copier, quizzes)
+    assert claim.verdict == "reproduced"
+    assert claim.evidence["copies_previous_grid"] == 1.0
+    tokens = quizzes.tokens
+    background = (tokens[:, 203:303] == 0).float().mean().item()
+    assert claim.evidence["background_baseline"] == pytest.approx(background)
+    # a later MLP that would swamp every logit with colour 5 must be ablated by the claim
+    with torch.no_grad():
+        mlp = copier.blocks[2].mlp
+        mlp.fc_out.bias.copy_(100.0 * copier.unembed.weight[5])
+    try:
+        assert (copier(tokens)[:, 304:404].argmax(-1) == 5).all()
+        assert c.l0_direct_path_copies(copier, quizzes).evidence["copies_previous_grid"] == 1.0
+    finally:
+        with torch.no_grad():
+            mlp.fc_out.bias.zero_()
+
+
+def test_claim4_picks_the_most_task_specific_pair():
+    matrix = np.array(
+        [
+            [1.0, 0.9, 0.8],  # hurts everything: not specific
+            [0.05, 0.6, 0.1],  # hurts task 1 six times more than the next
+            [0.001, 0.0, 0.0],  # specific but negligible: below the floor
+        ]
+    )
+    layer, task, ratio, nxt = m.most_specific(matrix)
+    assert (layer, task, nxt) == (1, 1, 2) and ratio == pytest.approx(6.0)
+    assert c.grade(ratio, *c.SPECIFIC) == "reproduced"
+
+
+def _study(model, quizzes, ablated_rest, first: int = 20):
+    """A study of the given quizzes, which the copy-previous-grid model gets right; the
+    'ablated' answer departs at cell `first` with colour 7 or 8 and continues with
+    `ablated_rest` (None: the truth) after it."""
+    tokens = quizzes.tokens
+    ablated = tokens.clone()
+    ablated[:, 304 + first] = torch.where(tokens[:, 304 + first] == 7, 8, 7)
+    if ablated_rest is not None:
+        ablated[:, 305 + first :] = ablated_rest
+    first_wrong = torch.full((len(tokens),), first)
+    return m.MlpStudy(1, "frame", quizzes, tokens, ablated, first_wrong)
+
+
+def test_claim5_forced_continuation(quizzes):
+    copier = copy_model(offset=100, layer=0, n_layers=2)
+    # the copier goes back to the previous grid after the forced cell: the truth, here
+    claim = m.transform_cell_decides(copier, _study(copier, quizzes, ablated_rest=3))
+    assert claim.evidence["back_to_truth"] == 1.0 and claim.evidence["follows_ablated"] == 0.0
+    assert claim.verdict == "not reproduced"
+    # a model repeating the token before the predicted one repeats the forced colour: when the
+    # ablated answer does the same, the forced cell decides the rest
+    repeater = copy_model(offset=0, layer=0, n_layers=2)
+    found = _study(repeater, quizzes, ablated_rest=None)
+    found.ablated[:, 305 + 20 :] = found.ablated[:, 304 + 20 : 305 + 20]
+    claim = m.transform_cell_decides(repeater, found)
+    assert claim.evidence["follows_ablated"] == 1.0 and claim.verdict == "reproduced"
+    assert claim.evidence["broken_quizzes"] == len(quizzes)
+
+
+def test_claims_say_not_applicable_without_broken_quizzes(quizzes):
+    copier = copy_model(offset=100, layer=0, n_layers=2)
+    found = m.study(copier, 1, "frame", 2, seed=0)  # its MLPs write zero: nothing breaks
+    assert not found.broken.any()
+    claim = m.transform_cell_decides(copier, found)
+    assert claim.verdict == "not applicable" and claim.to_json()["reason"]
