@@ -474,7 +474,7 @@ def _ablation_section(
             run.figure(
                 result,
                 f"ablation_{components}_{method}.png",
-                f"{method.capitalize()} ablation of each {noun}: grid-loss ratio per task.",
+                f"{method.capitalize()} ablation of each {noun}: grid-loss increase per task.",
             )
         )
     return section
@@ -487,8 +487,10 @@ def _stage_layer_ablation(run: _Run) -> Section:
             "Each attention layer and MLP layer is removed on its own: its output replaced by zero "
             "(zero ablation) or by its mean at each position over the quiz set (mean ablation, "
             "which keeps what every quiz shares and removes only quiz-specific information). The "
-            "heat maps show the ratio of the ablated to the clean teacher-forced loss on the "
-            "predicted grid, per task (log colour scale; 1 = no effect, red = worse)."
+            "heat maps show the increase of the teacher-forced loss on the predicted grid (ablated "
+            "minus clean, in nats) per task, on a log colour scale clipped below 0.001: absolute "
+            "increases, because a ratio to a near-zero clean loss (frame's) reads in thousands "
+            "for a small change. The table also gives the ratio."
         ),
     )
     return _ablation_section(
@@ -501,7 +503,7 @@ def _stage_head_ablation(run: _Run) -> Section:
         "Head ablation",
         howto=(
             "The same for each attention head (its slice of hook_z, before the output "
-            "projection): a layer x head heat map per task of the grid-loss ratio. A head that "
+            "projection): a layer x head heat map per task of the grid-loss increase. A head that "
             "matters for only some tasks shows up red in those panels only."
         ),
     )
@@ -667,14 +669,17 @@ def _stage_patching(run: _Run) -> Section:
             f"Agreement with activation patching ({exact.seconds:.1f} s).",
         ),
         _agreement_figure(exact, estimates, run.folder / "patching_agreement.png"),
-        run.figure(exact, "patching_activation.png", "Activation patching per head."),
-        run.figure(estimates["atp"], "patching_atp.png", "AtP per head."),
-        run.figure(estimates["atp*"], "patching_atp_star.png", "AtP* per head."),
     )
+    limit = max(float(np.nanmax(np.abs(r.scores["all"]), initial=0.0)) for r in scores.values())
+    for name, result in scores.items():
+        path = result.plot(run.folder / f"patching_{_FILE[name]}.png", limit=limit or 1.0)
+        caption = f"{_LABEL.get(name, 'Activation patching')} per head: restored fraction"
+        section.add(Figure(path.name, f"{caption}, all tasks (one colour scale: +-{limit:.2f})."))
     return section
 
 
 _LABEL = {"atp": "AtP", "atp*": "AtP*"}
+_FILE = {"activation": "activation", "atp": "atp", "atp*": "atp_star"}
 
 
 def _chance(n: int, k: int) -> str:
