@@ -21,6 +21,7 @@ SAE_TOKENS = 200_000  # rows a report-trained SAE sees (about 10 CPU-seconds for
 
 def stage_claims(run) -> None:
     """Claims 1 to 5; keeps the MLP study for the SAE stages."""
+    from gridlens.analysis.core import quiz_set
     from gridlens.report import claims as c
     from gridlens.report import mlp_claims as m
 
@@ -33,7 +34,8 @@ def stage_claims(run) -> None:
     mlps, tasks, matrix = m.mlp_task_matrix(zero)
     i, j, ratio, nxt = m.most_specific(matrix)
     layer = int(mlps[i][1:].split(".")[0])
-    run.study = m.study(run.model, layer, tasks[j], 2 * run.n_per_task, run.seed + 2)
+    fresh = quiz_set([tasks[j]], 2 * run.n_per_task, seed=run.seed + 2)
+    run.study = m.study(run.model, layer, fresh)
     run.claims.append(m.task_specific_mlp(zero, run.study, ratio, tasks[nxt]))
     run.claims.append(m.transform_cell_decides(run.model, run.study))
 

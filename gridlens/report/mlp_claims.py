@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gridlens.analysis.core import QuizSet, predicted_cells, quiz_set
+from gridlens.analysis.core import QuizSet, predicted_cells
 from gridlens.models.generate import complete
 from gridlens.report.claims import FOLLOWS, SPECIFIC, Claim, grade, not_applicable
 
@@ -85,9 +85,9 @@ def zero_hook(x, hook):
 
 
 @torch.no_grad()
-def study(model, layer: int, task: str, n: int, seed: int) -> MlpStudy:
-    """Generate `n` fresh quizzes of `task` greedily, clean and with MLP `layer` zeroed."""
-    quizzes = quiz_set([task], n, seed=seed)
+def study(model, layer: int, quizzes: QuizSet) -> MlpStudy:
+    """Generate the quizzes' answers greedily, clean and with MLP `layer` zeroed (the quizzes
+    are of one task, the first one's)."""
     tokens = quizzes.tokens.to(model.device)
     clean = complete(model, tokens).cpu()
     with model.hooks([(f"blocks.{layer}.hook_mlp_out", zero_hook)]):
@@ -95,7 +95,7 @@ def study(model, layer: int, task: str, n: int, seed: int) -> MlpStudy:
     cells = predicted_cells(tokens)
     differ = ablated[:, cells] != quizzes.tokens[:, cells]
     first = torch.where(differ.any(1), differ.float().argmax(1), -1)
-    return MlpStudy(layer, task, quizzes, clean, ablated, first)
+    return MlpStudy(layer, str(quizzes.tasks[0]), quizzes, clean, ablated, first)
 
 
 def wrong_rules(found: MlpStudy) -> dict[str, float]:

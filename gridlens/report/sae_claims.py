@@ -23,7 +23,8 @@ from gridlens.sae.splice import encode_inference, window
 RECOVER_ID, INDUCE_ID = "sparse_feature_recovers", "feature_induces_behaviour"
 RECOVER_TEXT = (
     "A few SAE latents of that MLP bring back the answers its ablation breaks: keeping only the "
-    "top latent (x1, x5, x15) or the top 3 in place of the MLP (the seed: 29.4%, 64.7%, 67.6% "
+    "top latent (x1, x5, x15) or the top 3 in place of the MLP on the predicted grid (the seed: "
+    "29.4%, 64.7%, 67.6% "
     "of the broken quizzes right)."
 )
 INDUCE_TEXT = (
@@ -68,7 +69,7 @@ def latents_at_cell(model, sae, found: MlpStudy) -> tuple[torch.Tensor, list[lis
 
 
 def learned_multiplier(
-    model, sae, found: MlpStudy, steps: int = 200, lr: float = 0.2, weight_decay: float = 2.0
+    model, sae, found: MlpStudy, steps: int = 30, lr: float = 0.2, weight_decay: float = 2.0
 ) -> torch.Tensor:
     """The seed's latent mask: a multiplier per latent, zero at first, trained with strong weight
     decay so that decode(latents x m) in place of the MLP output at each
@@ -125,13 +126,13 @@ def stacked_generation(model, tokens: torch.Tensor, hook) -> torch.Tensor:
 
 
 def recon_hook(sae, weights: torch.Tensor, grid: torch.Tensor):
-    """The site's activation replaced on the `grid` positions by decode(latents x weights[row])
-    and zeroed elsewhere (the ablated model's MLP there)."""
+    """The site's activation replaced on the `grid` positions by decode(latents x weights[row]);
+    elsewhere it is left as it is."""
 
     def fn(x, hook):
         sel = window(grid, hook, x.shape[1]).to(x.device)[None, :, None]
         f = encode_inference(sae, x.to(sae.W_enc.dtype)) * weights[:, None].to(x.device)
-        return torch.where(sel, sae.decode(f).to(x.dtype), torch.zeros_like(x))
+        return torch.where(sel, sae.decode(f).to(x.dtype), x)
 
     return (sae.cfg.hook_name, fn)
 
@@ -204,8 +205,9 @@ def sparse_feature_recovers(model, sae, found: MlpStudy) -> tuple[Claim, list[in
         "multiplier": {j: float(multiplier[j]) for j in top[:12] if multiplier[j] > 0.1},
     }
     reason = (
-        "MLP output replaced by the SAE's reconstruction from the kept latents on the predicted "
-        "grid and zeroed elsewhere; latents ranked by the learned multiplier, then by count"
+        "the MLP's output on the predicted grid replaced by the SAE's reconstruction from the "
+        "kept latents (the 'no latent' baseline: its decoder bias alone), left as it is on the "
+        "prompt; latents ranked by the learned multiplier, then by count at the cells"
     )
     return Claim(cid, RECOVER_TEXT, verdict, evidence, reason), top, latents
 

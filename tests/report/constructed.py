@@ -52,3 +52,32 @@ def copy_model(offset: int = 100, layer: int = 0, n_layers: int = 2, gain: float
         model.unembed.weight[tokens, TOKEN_DIMS] = 4.0
         model.unembed.bias.zero_()
     return model
+
+
+BACKGROUND_BIAS = 50.0
+
+
+def needs_mlp(model: GridGPT, layer: int) -> GridGPT:
+    """The model with the readout's background logit lowered by BACKGROUND_BIAS and MLP `layer`
+    adding it back everywhere (a constant output, 12.5 on TOKEN_DIMS[0], read x 4): zeroing
+    that MLP makes the model avoid colour 0, so every answer with a background cell breaks."""
+    with torch.no_grad():
+        model.unembed.bias[0] = -BACKGROUND_BIAS
+        model.blocks[layer].mlp.fc_out.bias[TOKEN_DIMS[0]] = BACKGROUND_BIAS / 4.0
+    return model
+
+
+def identity_sae(hook_name: str, d: int = D):
+    """A ReLU SAE with 2d latents reconstructing exactly: latent j < d is relu(x_j), latent
+    d + j is relu(-x_j); the decoder puts them back."""
+    from gridlens.sae.model import SAEConfig, SparseAutoencoder
+
+    cfg = SAEConfig(d_in=d, d_sae=2 * d, architecture="relu", hook_name=hook_name)
+    sae = SparseAutoencoder(cfg)
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], 1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], 0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae.eval()

@@ -10,13 +10,15 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from constructed import copy_model
+from constructed import BACKGROUND_BIAS, TOKEN_DIMS, copy_model, identity_sae, needs_mlp
 
 from gridlens.analysis.ablation import ablate
 from gridlens.analysis.attention import classify_heads
 from gridlens.analysis.core import QuizSet, quiz_set
 from gridlens.report import claims as c
 from gridlens.report import mlp_claims as m
+from gridlens.report import sae_claims as s
+from gridlens.sae.steering import rule_validity
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +131,70 @@ def test_claim5_forced_continuation(quizzes):
 
 def test_claims_say_not_applicable_without_broken_quizzes(quizzes):
     copier = copy_model(offset=100, layer=0, n_layers=2)
-    found = m.study(copier, 1, "frame", 2, seed=0)  # its MLPs write zero: nothing breaks
+    found = m.study(copier, 1, quizzes)  # its MLPs write zero: nothing breaks
     assert not found.broken.any()
     claim = m.transform_cell_decides(copier, found)
     assert claim.verdict == "not applicable" and claim.to_json()["reason"]
+
+
+# ---------------------------------------------------------------- claims 6 and 7: the SAE
+
+
+@pytest.fixture(scope="module")
+def mlp_case(quizzes):
+    """The copy model whose MLP 1 writes the background logit back (see needs_mlp), an exact
+    SAE on that MLP, and the study: zeroing the MLP breaks every quiz (all have background)."""
+    model = needs_mlp(copy_model(offset=100, layer=0, n_layers=2), layer=1)
+    sae = identity_sae("blocks.1.hook_mlp_out")
+    return model, sae, m.study(model, 1, quizzes)
+
+
+def test_the_mlp_case_is_broken_by_the_ablation(mlp_case, quizzes):
+    found = mlp_case[2]
+    assert found.broken.all()
+    assert (found.clean == quizzes.tokens).all()
+    first_background = (quizzes.tokens[:, 304:404] == 0).float().argmax(1)
+    assert (found.first_wrong == first_background).all()
+
+
+def test_claim6_the_one_latent_carrying_the_mlp_recovers_it(mlp_case):
+    model, sae, found = mlp_case
+    latents, counts = s.latents_at_cell(model, sae, found)
+    bias_latent = int(TOKEN_DIMS[0])  # relu(x) on the only non-zero dimension
+    assert counts == [[bias_latent, len(found.quizzes)]]
+    assert latents[:, bias_latent] == pytest.approx(BACKGROUND_BIAS / 4)
+    multiplier = s.learned_multiplier(model, sae, found)
+    assert int(multiplier.argmax()) == bias_latent and multiplier[bias_latent] > 0.1
+    assert (multiplier.abs() > 0).sum() == 1  # latents that never fire get no gradient
+    claim, top, _ = s.sparse_feature_recovers(model, sae, found)
+    assert top == [bias_latent]
+    shares = claim.evidence["right_share"]
+    assert shares["no latent"] == 0.0 and shares["top 1"] == 1.0 and shares["all latents"] == 1.0
+    assert shares["top 1 x5"] == 0.0  # five times the background logit: coloured cells lost
+    assert claim.verdict == "reproduced"
+
+
+def test_claim7_switching_the_latent_on_elsewhere(mlp_case, quizzes):
+    model, sae, found = mlp_case
+    _, top, latents = s.sparse_feature_recovers(model, sae, found)
+    claim = s.feature_induces_behaviour(model, sae, found, top, latents, quizzes)
+    e = claim.evidence
+    assert e["added_values"] == pytest.approx([BACKGROUND_BIAS / 4])
+    assert e["right_answers"]["0.0"] == 1.0  # scale 0 is the clean model
+    assert e["right_answers"]["5.0"] == 0.0  # +5 x the latent: all background, as constructed
+    with torch.no_grad():
+        clean = model.complete(quizzes.tokens)
+    expected = rule_validity(clean, ["frame"])["frame"].mean()
+    assert e["follow_task_rule"]["0.0"] == pytest.approx(expected)
+    assert claim.verdict in c.VERDICTS and e["lift"] == pytest.approx(
+        max(e["follow_task_rule"]["1.0"], e["follow_task_rule"]["5.0"]) - expected
+    )
+    assert s.feature_induces_behaviour(model, sae, found, [], None, quizzes).verdict == (
+        "not applicable"
+    )
+
+
+def test_wilson_interval_matches_known_values():
+    assert c.wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert c.wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert c.wilson(0, 0) == (0.0, 1.0)
