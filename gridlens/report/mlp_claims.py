@@ -80,6 +80,9 @@ class MlpStudy:
         return f"blocks.{self.layer}.hook_mlp_out"
 
 
+MAX_COLOUR = 10  # tokens above are grid markers
+
+
 def zero_hook(x, hook):
     return torch.zeros_like(x)
 
@@ -98,16 +101,28 @@ def study(model, layer: int, quizzes: QuizSet) -> MlpStudy:
     return MlpStudy(layer, str(quizzes.tasks[0]), quizzes, clean, ablated, first)
 
 
+def follows_rules(outs: torch.Tensor, tasks: list[str]) -> dict[str, np.ndarray]:
+    """task -> [n] bool: does each answer follow the task's rule (the pair B -> answer, by the
+    world's checker)? An answer with a marker token in its grid follows none."""
+    from gridlens.sae.steering import rule_validity
+
+    formed = (outs[:, predicted_cells(outs)] <= MAX_COLOUR).all(1).numpy()
+    out = {t: np.zeros(len(outs), dtype=bool) for t in tasks}
+    if formed.any():
+        for t, ok in rule_validity(outs[formed], tasks).items():
+            out[t][formed] = ok
+    return out
+
+
 def wrong_rules(found: MlpStudy) -> dict[str, float]:
     """Share of the ablated model's wrong answers that each task's checker accepts (as the pair
     B -> answer), and the share no checker accepts."""
-    from gridlens.sae.steering import rule_validity
     from gridlens.world import TASKS
 
     outs = found.ablated[found.wrong]
     if len(outs) == 0:
         return {}
-    valid = rule_validity(outs, list(TASKS))
+    valid = follows_rules(outs, list(TASKS))
     shares = {t: float(v.mean()) for t, v in valid.items() if v.any()}
     shares["none"] = float((~np.any(list(valid.values()), axis=0)).mean())
     return shares

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from gridlens.analysis.core import predicted_cells
 from gridlens.report.claims import INDUCES, RECOVERS, Claim, grade, not_applicable
-from gridlens.report.mlp_claims import MlpStudy
+from gridlens.report.mlp_claims import MlpStudy, follows_rules
 from gridlens.sae.splice import encode_inference, window
 
 RECOVER_ID, INDUCE_ID = "sparse_feature_recovers", "feature_induces_behaviour"
@@ -219,8 +219,6 @@ def feature_induces_behaviour(model, sae, found: MlpStudy, top, latents, others)
     """Claim 7: add the top latents (at their mean value at the transform cells, x SCALES) on
     the predicted grid of `others` (quizzes of other tasks) and check the answers with the
     task's checker; scale 0 is the clean model."""
-    from gridlens.sae.steering import rule_validity
-
     cid = INDUCE_ID
     if not top or others is None or len(others) == 0:
         reason = "no latents found for claim 6" if not top else "no quiz of another task"
@@ -230,7 +228,7 @@ def feature_induces_behaviour(model, sae, found: MlpStudy, top, latents, others)
     k, tokens = len(SCALES), others.tokens
     steer = torch.cat([s * vector.expand(len(tokens), -1) for s in SCALES])
     out = stacked_generation(model, tokens.repeat(k, 1), add_hook(found.site, steer, _grid(tokens)))
-    valid = rule_validity(out, [found.task])[found.task].reshape(k, -1).mean(1)
+    valid = follows_rules(out, [found.task])[found.task].reshape(k, -1).mean(1)
     lift = float(valid[1:].max() - valid[0])
     evidence = {
         "task": found.task,

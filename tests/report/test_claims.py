@@ -198,3 +198,15 @@ def test_wilson_interval_matches_known_values():
     assert c.wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
     assert c.wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
     assert c.wilson(0, 0) == (0.0, 1.0)
+
+
+def test_answers_with_a_marker_in_the_grid_follow_no_rule():
+    real = quiz_set(["frame", "contact"], n_per_task=2, seed=4)
+    outs = real.tokens.clone()
+    outs[0, 350] = 14  # a marker token inside the predicted grid
+    valid = m.follows_rules(outs, ["frame", "contact"])
+    expected = rule_validity(outs[1:], ["frame", "contact"])
+    for task in ("frame", "contact"):
+        assert not valid[task][0]
+        np.testing.assert_array_equal(valid[task][1:], expected[task])
+    assert valid["frame"][1] and valid["contact"][2:].all()  # true answers follow their rule
