@@ -38,12 +38,13 @@ class Size:
     pairs_per_task: int  # clean/corrupted pairs per task for patching
     probe_per_task: int  # quizzes per task for the linear probes
     patterns: int  # attention-pattern figures (the most important heads)
+    sae_tokens: int  # activation rows an SAE trained for the report sees
 
 
 SIZES: dict[str, Size] = {
-    "tiny": Size(1, 2, 1, 4, 1),
-    "small": Size(8, 16, 4, 12, 3),
-    "full": Size(100, 64, 16, 64, 6),
+    "tiny": Size(1, 2, 1, 4, 1, 40_000),
+    "small": Size(8, 16, 4, 12, 3, 200_000),
+    "full": Size(100, 64, 16, 64, 6, 1_000_000),
 }
 
 

@@ -16,7 +16,6 @@ import torch
 from gridlens.report.html import Link, Section, Table
 
 EV_TO_REUSE = 0.7  # the shipped SAE is used only if it explains this much of the site here
-SAE_TOKENS = 200_000  # rows a report-trained SAE sees (about 10 CPU-seconds for d_model 128)
 
 
 def stage_claims(run) -> None:
@@ -127,7 +126,7 @@ def choose_sae(run) -> tuple[Any, str]:
         fit = site_fit(run.model, shipped, first_of_each(run.quizzes, run.n_per_task // 4))
         if fit >= EV_TO_REUSE:
             return shipped, f"the shipped SAE (explains {fit:.1%} of {site} here)"
-    return train_small_sae(run, site), f"trained for this report on {SAE_TOKENS:,} rows"
+    return train_small_sae(run, site), f"trained for this report on {run.size.sae_tokens:,} rows"
 
 
 def train_small_sae(run, site: str):
@@ -138,7 +137,7 @@ def train_small_sae(run, site: str):
     d = run.cfg.d_model
     cfg = SAEConfig(d_in=d, d_sae=4 * d, architecture="topk", k=max(1, d // 8), hook_name=site)
     train = SAETrainConfig(
-        tokens=SAE_TOKENS,
+        tokens=run.size.sae_tokens,
         batch_size=2048,
         model_batch=64,
         buffer_quizzes=128,

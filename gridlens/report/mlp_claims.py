@@ -145,9 +145,14 @@ def task_specific_mlp(zero_layers, found: MlpStudy | None, ratio: float, nxt: st
         "n_quizzes": len(found.quizzes),
         "greedy_clean": float(_right(found.clean, found.quizzes.tokens).mean()),
         "greedy_ablated": float(_right(found.ablated, found.quizzes.tokens).mean()),
+        "broken_quizzes": int(found.broken.sum()),
         "wrong_answers_follow": wrong_rules(found),
     }
-    return Claim(cid, MLP_TEXT, grade(ratio, *SPECIFIC), evidence, "zero ablation per layer")
+    verdict = grade(ratio, *SPECIFIC)
+    if verdict == "reproduced" and not found.broken.any():
+        verdict = "partly"  # specific, but it turns no right answer wrong
+    reason = "zero ablation per layer; reproduced also needs a right answer it turns wrong"
+    return Claim(cid, MLP_TEXT, verdict, evidence, reason)
 
 
 def _right(out: torch.Tensor, tokens: torch.Tensor) -> np.ndarray:

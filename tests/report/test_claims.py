@@ -210,3 +210,18 @@ def test_answers_with_a_marker_in_the_grid_follow_no_rule():
         assert not valid[task][0]
         np.testing.assert_array_equal(valid[task][1:], expected[task])
     assert valid["frame"][1] and valid["contact"][2:].all()  # true answers follow their rule
+
+
+def test_claim4_on_a_model_whose_one_mlp_matters(mlp_case, quizzes):
+    model, _, found = mlp_case
+    zero = ablate(model, quizzes, "layers", method="zero")
+    mlps, tasks, matrix = m.mlp_task_matrix(zero)
+    assert matrix[0].max() == 0 and matrix[1].min() > 1  # L0.mlp writes nothing
+    i, j, ratio, nxt = m.most_specific(matrix)
+    assert mlps[i] == "L1.mlp" and ratio == pytest.approx(matrix[1, j] / matrix[1, nxt])
+    claim = m.task_specific_mlp(zero, found, ratio, tasks[nxt])
+    e = claim.evidence
+    assert (e["greedy_clean"], e["greedy_ablated"]) == (1.0, 0.0)
+    assert e["broken_quizzes"] == len(quizzes)
+    assert claim.verdict == c.grade(ratio, *c.SPECIFIC)  # both tasks break alike: not specific
+    assert claim.verdict != "reproduced"
