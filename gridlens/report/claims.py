@@ -89,7 +89,8 @@ def l0_attention_outsized(zero_layers) -> Claim:
     delta = zero_layers.effect("loss_delta")
     ranked = sorted(attn, key=lambda c: -delta[c]["all"])
     nxt = ranked[1] if ranked[0] == "L0.attn" else ranked[0]
-    rise = delta["L0.attn"]["all"] / max(delta[nxt]["all"], 1e-12)
+    l0, other = delta["L0.attn"]["all"], delta[nxt]["all"]
+    rise = l0 / other if other > 0 else (float("inf") if l0 > 0 else float("nan"))
     evidence = {
         "clean_loss": zero_layers.clean_summary()["loss"]["all"],
         "l0_loss_ratio": ratio["L0.attn"]["all"],
@@ -97,10 +98,11 @@ def l0_attention_outsized(zero_layers) -> Claim:
         "next_layer": nxt,
         "next_loss_ratio": ratio[nxt]["all"],
         "next_loss_increase": delta[nxt]["all"],
-        "increase_ratio_to_next": min(rise, 1e12),
+        "increase_ratio_to_next": rise if np.isfinite(rise) else None,
         "method": "zero ablation, teacher-forced loss on the predicted grid",
     }
-    verdict = "not reproduced" if ranked[0] != "L0.attn" else grade(rise, FAR_MORE, 1.0)
+    hurts = ranked[0] == "L0.attn" and l0 > 0
+    verdict = grade(rise, FAR_MORE, 1.0) if hurts else "not reproduced"
     return Claim(cid, L0_TEXT, verdict, evidence, f"largest attention-layer damage: {ranked[0]}")
 
 
@@ -197,15 +199,21 @@ def evidence_text(claim: Claim) -> str:
     return _TEXT[claim.id](claim.evidence)
 
 
+def _times(ratio: float | None) -> str:
+    if ratio is None:
+        return "no ratio (the next layer's ablation does not raise the loss)."
+    return f"{ratio:.3g}x its increase."
+
+
 def _shares(values: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.0%}" for k, v in values.items())
 
 
 _TEXT = {
     "l0_attention_outsized": lambda e: (
-        f"L0.attn: loss x{e['l0_loss_ratio']:.3g} (+{e['l0_loss_increase']:.3g}); next "
-        f"{e['next_layer']}: x{e['next_loss_ratio']:.3g} (+{e['next_loss_increase']:.3g}); "
-        f"{e['increase_ratio_to_next']:.3g}x its increase."
+        f"L0.attn: loss x{e['l0_loss_ratio']:.3g} ({e['l0_loss_increase']:+.3g}); next "
+        f"{e['next_layer']}: x{e['next_loss_ratio']:.3g} ({e['next_loss_increase']:+.3g}); "
+        + _times(e["increase_ratio_to_next"])
     ),
     "l0_previous_token_head": lambda e: (
         f"{e['head']} puts {e['attention_share']:.2f} of its attention on {e['category']}."

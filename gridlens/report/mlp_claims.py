@@ -81,6 +81,7 @@ class MlpStudy:
 
 
 MAX_COLOUR = 10  # tokens above are grid markers
+MIN_INCREASE = 0.01  # nats of grid loss: an MLP whose ablation adds less does not matter
 
 
 def zero_hook(x, hook):
@@ -151,7 +152,12 @@ def task_specific_mlp(zero_layers, found: MlpStudy | None, ratio: float, nxt: st
     verdict = grade(ratio, *SPECIFIC)
     if verdict == "reproduced" and not found.broken.any():
         verdict = "partly"  # specific, but it turns no right answer wrong
-    reason = "zero ablation per layer; reproduced also needs a right answer it turns wrong"
+    if matrix.max() < MIN_INCREASE:
+        verdict = "not reproduced"  # no MLP matters
+    reason = (
+        f"zero ablation per layer; reproduced also needs a right answer it turns wrong, any "
+        f"verdict but 'not reproduced' a loss increase of {MIN_INCREASE:g} nats"
+    )
     return Claim(cid, MLP_TEXT, verdict, evidence, reason)
 
 
