@@ -251,18 +251,12 @@ def neuron_estimates(model, quizzes, layers: list[int]) -> dict[str, float]:
 
 
 def stage_neurons(run) -> Section:
-    from gridlens.analysis.ablation import ablate
-
     cfg, quizzes = run.cfg, first_of_each(run.quizzes, run.n_per_task // 8)
     every = cfg.n_layers * cfg.d_mlp <= MAX_NEURONS
     layers = list(range(cfg.n_layers)) if every else [run.study.layer]
     estimate = neuron_estimates(run.model, quizzes, layers)
     ranked = sorted(estimate, key=lambda n: -estimate[n])
-    k = min(EXACT, len(ranked) // 2)
-    rng = np.random.default_rng(run.seed)
-    drawn = [str(n) for n in rng.choice(ranked[k:], k, replace=False)]
-    exact = ablate(run.model, quizzes, ranked[:k] + drawn, method="mean", seed=run.seed)
-    ratio = {n: v["all"] for n, v in exact.effect("loss_ratio").items()}
+    k, drawn, ratio = exact_check(run, quizzes, ranked)
     top = max(ranked[:k], key=ratio.get)
     run.results["neurons"] = {
         "estimate": estimate,
@@ -291,6 +285,18 @@ def stage_neurons(run) -> Section:
     return section.add(
         Table(["neuron", "estimated loss change", "exact loss x", "chosen as"], rows)
     )
+
+
+def exact_check(run, quizzes, ranked: list[str]) -> tuple[int, list[str], dict[str, float]]:
+    """(k, k neurons drawn at random beyond the top k, exact mean-ablation loss ratio of the
+    top k and of those)."""
+    from gridlens.analysis.ablation import ablate
+
+    k = min(EXACT, len(ranked) // 2)
+    rng = np.random.default_rng(run.seed)
+    drawn = [str(n) for n in rng.choice(ranked[k:], k, replace=False)]
+    exact = ablate(run.model, quizzes, ranked[:k] + drawn, method="mean", seed=run.seed)
+    return k, drawn, {n: v["all"] for n, v in exact.effect("loss_ratio").items()}
 
 
 _NEURON_HOWTO = (

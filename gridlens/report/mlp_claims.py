@@ -41,6 +41,8 @@ def mlp_task_matrix(zero_layers) -> tuple[list[str], list[str], np.ndarray]:
 def most_specific(matrix: np.ndarray, floor: float = 0.25) -> tuple[int, int, float, int]:
     """(layer row, task column, ratio to the next-most-hurt task, that task's column) of the
     most task-specific pair among those hurt at least `floor` x the largest increase."""
+    if matrix.shape[1] == 1:  # one task: the layer that hurts it most, no ratio
+        return int(matrix[:, 0].argmax()), 0, float("nan"), 0
     best = (0, 0, -np.inf, 0)
     top = matrix.max()
     for i, row in enumerate(matrix):

@@ -225,3 +225,8 @@ def test_claim4_on_a_model_whose_one_mlp_matters(mlp_case, quizzes):
     assert e["broken_quizzes"] == len(quizzes)
     assert claim.verdict == c.grade(ratio, *c.SPECIFIC)  # both tasks break alike: not specific
     assert claim.verdict != "reproduced"
+
+
+def test_one_task_picks_the_layer_that_hurts_it_most():
+    layer, task, ratio, _ = m.most_specific(np.array([[0.1], [0.5], [0.2]]))
+    assert (layer, task) == (1, 0) and np.isnan(ratio)
