@@ -41,6 +41,7 @@ METRICS = ("loss_delta", "loss_ratio", "cell_accuracy_delta", "greedy_accuracy_d
 #: rows (quizzes x stacked copies) per forward. On CPU the blocks' arithmetic dominates: 32 to
 #: 256 rows per forward timed within noise for the default model, so this only bounds memory.
 ROWS_PER_FORWARD = 64
+FLOOR = 1e-3  # heat maps: loss increases below this (nats), negative ones too, show as this
 
 
 def resolve_components(cfg, components: Sequence[str] | str) -> list[Component]:
@@ -283,67 +284,79 @@ class AblationResult:
         return out
 
     def plot(self, path: str | Path) -> Path:
-        """Heat maps of log10(loss ratio) per task (layer x head, or layer x {attn, mlp}); a bar
-        chart of the top components for neurons or mixed lists."""
+        """Heat maps of the grid-loss increase per task (layer x head, or layer x {attn, mlp});
+        a bar chart of the top components for neurons or mixed lists."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         kinds = {_kind(name) for name in self.components}
-        ratio = self.effect("loss_ratio")
         if kinds == {"head"} or kinds <= {"attn", "mlp"}:
-            fig = self._heat_maps(plt, ratio, "head" in kinds)
+            fig = self._heat_maps(plt, "head" in kinds)
         else:
             fig = self._bars(plt)
         atomic_write(path, lambda handle: fig.savefig(handle, format="png"))
         plt.close(fig)
         return Path(path)
 
-    def _heat_maps(self, plt, ratio, heads: bool):
+    def _heat_maps(self, plt, heads: bool):
+        """One panel per task of the absolute grid-loss increase (ratios would be dominated by
+        tasks whose clean loss is near zero), log colour scale clipped below FLOOR."""
+        from matplotlib.colors import LogNorm
+
+        delta = self.effect("loss_delta")
+        rows, labels, key = self._layout(heads)
+        tasks = self.task_names()
+        cols = min(3, len(tasks))
+        fig, axes = plt.subplots(
+            -(-len(tasks) // cols),
+            cols,
+            figsize=(3.8 * cols, 3.3 * -(-len(tasks) // cols)),
+            dpi=110,
+            squeeze=False,
+        )
+        fig.subplots_adjust(hspace=0.45, wspace=0.3)
+        grids = {t: np.full((len(rows), len(labels)), np.nan) for t in tasks}
+        for name, (i, j) in key.items():
+            for t in tasks:
+                grids[t][i, j] = delta[name][t] if name in delta else np.nan
+        top = max(10 * FLOOR, max(np.nanmax(g) for g in grids.values()))
+        norm = LogNorm(vmin=FLOOR, vmax=top, clip=True)
+        for ax, task in zip(axes.flat, tasks, strict=False):
+            image = ax.imshow(
+                np.clip(grids[task], FLOOR, None), cmap="Reds", norm=norm, aspect="auto"
+            )
+            ax.set_title(f"{task}: loss increase", fontsize=9)
+            ax.set_xticks(range(len(labels)), labels, fontsize=8)
+            ax.set_yticks(range(len(rows)), rows, fontsize=8)
+            for (i, j), v in np.ndenumerate(grids[task]):
+                if np.isfinite(v):
+                    colour = "white" if v > top**0.5 * FLOOR**0.5 else "black"
+                    ax.text(j, i, f"{v:+.2g}", ha="center", va="center", fontsize=7, color=colour)
+        for ax in list(axes.flat)[len(tasks) :]:
+            ax.axis("off")
+        fig.colorbar(
+            image,
+            ax=axes,
+            shrink=0.6,
+            label=f"ablated - clean grid loss (nats); below {FLOOR:g} clipped",
+        )
+        fig.suptitle(f"{self.method} ablation: increase of the grid loss per task", fontsize=10)
+        return fig
+
+    def _layout(self, heads: bool):
+        """(row labels, column labels, component -> (row, column)) of the heat maps."""
         layers = sorted({_layer(n) for n in self.components})
         if heads:
             columns = sorted({int(n.split("H")[1]) for n in self.components})
             labels = [f"H{h}" for h in columns]
-            key = {
-                f"L{lay}H{h}": (i, j) for i, lay in enumerate(layers) for j, h in enumerate(columns)
-            }
+            names = [[f"L{lay}H{h}" for h in columns] for lay in layers]
         else:
             labels = ["attn", "mlp"]
-            key = {
-                f"L{lay}.{k}": (i, j) for i, lay in enumerate(layers) for j, k in enumerate(labels)
-            }
-        tasks = self.task_names()
-        cols = min(3, len(tasks))
-        rows = -(-len(tasks) // cols)
-        fig, axes = plt.subplots(
-            rows, cols, figsize=(3.2 * cols, 2.9 * rows), dpi=110, squeeze=False
-        )
-        fig.subplots_adjust(hspace=0.45, wspace=0.3)
-        grids = {}
-        for task in tasks:
-            grid = np.full((len(layers), len(labels)), np.nan)
-            for name, (i, j) in key.items():
-                if name in ratio:
-                    grid[i, j] = np.log10(max(ratio[name][task], 1e-12))
-            grids[task] = grid
-        top = max(1.0, max(np.nanmax(np.abs(g)) for g in grids.values()))
-        for ax, task in zip(axes.flat, tasks, strict=False):
-            image = ax.imshow(grids[task], cmap="RdBu_r", vmin=-top, vmax=top, aspect="auto")
-            ax.set_title(task, fontsize=9)
-            ax.set_xticks(range(len(labels)), labels, fontsize=7)
-            ax.set_yticks(range(len(layers)), [f"L{lay}" for lay in layers], fontsize=7)
-            for (i, j), v in np.ndenumerate(grids[task]):
-                if np.isfinite(v):
-                    colour = "white" if abs(v) > 0.6 * top else "black"
-                    ax.text(
-                        j, i, f"{10**v:.3g}", ha="center", va="center", fontsize=6, color=colour
-                    )
-        for ax in list(axes.flat)[len(tasks) :]:
-            ax.axis("off")
-        fig.colorbar(image, ax=axes, shrink=0.6, label="log10(ablated / clean grid loss)")
-        fig.suptitle(f"{self.method} ablation: grid loss ratio per task", fontsize=10)
-        return fig
+            names = [[f"L{lay}.{k}" for k in labels] for lay in layers]
+        key = {n: (i, j) for i, row in enumerate(names) for j, n in enumerate(row)}
+        return [f"L{lay}" for lay in layers], labels, key
 
     def _bars(self, plt):
         ranked = self.top(min(30, len(self.components)), "loss_ratio")

@@ -125,23 +125,23 @@ class DirectPathResult:
         layers = len({h.split("H")[0] for h in self.heads})
         per = len(self.heads) // layers
         fig, axes = plt.subplots(
-            layers, per, figsize=(2.4 * per, 2.5 * layers), squeeze=False, sharex=True
+            layers, per, figsize=(2.4 * per + 1, 2.5 * layers), squeeze=False, layout="constrained"
         )
+        centred = self.ov - self.ov.mean(2, keepdims=True)
+        bound = float(np.abs(centred).max()) or 1.0
+        names = [str(t) for t in range(N_COLORS)] + ["A", "fA", "B", "fB"]
         for i, head in enumerate(self.heads):
             ax = axes[i // per][i % per]
-            m = self.ov[i] - self.ov[i].mean(1, keepdims=True)
-            bound = float(np.abs(m).max()) or 1.0
-            ax.imshow(m, cmap="RdBu_r", vmin=-bound, vmax=bound)
-            ax.set_title(
-                f"{head} copy {self.copy_score[i]:.2f} tr {self.trace_score[i]:.2f}", fontsize=8
-            )
-            ax.set_xticks([0, 5, 10, 14])
-            ax.set_yticks([0, 5, 10, 14])
-            ax.tick_params(labelsize=6)
+            image = ax.imshow(centred[i], cmap="RdBu_r", vmin=-bound, vmax=bound)
+            scores = f"copy {self.copy_score[i]:.2f}, trace {self.trace_score[i]:.2f}"
+            ax.set_title(f"{head}: {scores}", fontsize=8)
+            rows, cols = centred.shape[1:]
+            ax.set_xticks(range(cols), names[:cols], fontsize=6, rotation=90)
+            ax.set_yticks(range(rows), names[:rows], fontsize=6)
+        fig.colorbar(image, ax=axes, shrink=0.6, label="logit, centred per row (one scale)")
         fig.supxlabel("output logit (token)")
         fig.supylabel("attended token")
         fig.suptitle("Direct path embedding -> LN1 -> OV -> unembedding, per head")
-        fig.tight_layout()
         return save_figure(fig, path)
 
 

@@ -38,6 +38,8 @@ class InterventionResult:
     first_error: np.ndarray  # [n], with the hooks
     first_departure: np.ndarray  # [n] first cell where the hooked grid differs from the clean one
     hooks: list[str]  # hook sites the intervention used
+    clean_cells: np.ndarray  # [n] share of the generated grid's cells that are right, clean
+    cells: np.ndarray  # [n] the same with the hooks (partial credit where whole grids fail)
     height: int = 10
     width: int = 10
 
@@ -58,6 +60,10 @@ class InterventionResult:
             "grid": [self.height, self.width],
             "greedy_accuracy": self.accuracy(),
             "changed_share": per_task(changed.astype(float), self.tasks),
+            "cells_right": {
+                "clean": per_task(self.clean_cells, self.tasks),
+                "intervened": per_task(self.cells, self.tasks),
+            },
             "first_error": [int(v) for v in self.first_error],
             "clean_first_error": [int(v) for v in self.clean_first_error],
             "first_departure": [int(v) for v in self.first_departure],
@@ -77,6 +83,12 @@ class InterventionResult:
                 f"Largest drop on {worst}: {100 * acc['clean'][worst]:.1f}% -> "
                 f"{100 * acc['intervened'][worst]:.1f}%."
             )
+        clean, hooked = per_task(self.clean_cells, self.tasks), per_task(self.cells, self.tasks)
+        low = min(tasks, key=hooked.get)
+        out.append(
+            f"Cells right in the generated grids: {100 * clean['all']:.1f}% -> "
+            f"{100 * hooked['all']:.1f}% (lowest: {low}, {100 * hooked[low]:.1f}%)."
+        )
         changed = self.first_departure >= 0
         out.append(
             f"The generated grid changes in {changed.sum()} of {len(changed)} quizzes "
@@ -117,13 +129,15 @@ class InterventionResult:
         )
         for ax, (task, counts) in zip(axes.flat, maps.items(), strict=False):
             image = ax.imshow(counts, cmap="magma_r", vmin=0, vmax=max(1, counts.max()))
+            right = per_task(self.cells, self.tasks)[task]
             ax.set_title(
-                f"{task}: {100 * acc['clean'][task]:.0f}% -> {100 * acc['intervened'][task]:.0f}%",
+                f"{task}: {100 * acc['clean'][task]:.0f}% -> {100 * acc['intervened'][task]:.0f}% "
+                f"({100 * right:.0f}% of cells)",
                 fontsize=8,
             )
             ax.set_xticks([])
             ax.set_yticks([])
-            fig.colorbar(image, ax=ax, shrink=0.7)
+            fig.colorbar(image, ax=ax, shrink=0.7, label="first errors")
         for ax in list(axes.flat)[len(maps) :]:
             ax.axis("off")
         fig.suptitle("where generation first goes wrong under the intervention", fontsize=10)
@@ -151,6 +165,8 @@ def generate_under(model, quizzes: QuizSet, fwd_hooks: Sequence = ()) -> Interve
         first_error=first_mismatch(hooked, truth).cpu().numpy(),
         first_departure=first_mismatch(hooked, clean).cpu().numpy(),
         hooks=list(dict.fromkeys(n if isinstance(n, str) else repr(n) for n, _ in fwd_hooks)),
+        clean_cells=(clean == truth).double().mean(1).cpu().numpy(),
+        cells=(hooked == truth).double().mean(1).cpu().numpy(),
         height=quizzes.batch.height,
         width=quizzes.batch.width,
     )

@@ -270,8 +270,10 @@ class PatchingResult:
             )
         return out[:4]
 
-    def plot(self, path) -> Path:
-        """Heat map layer x head (heads), layer x position block (resid), else the top bars."""
+    def plot(self, path, limit: float | None = None) -> Path:
+        """Heat map layer x head (heads), layer x position block (resid), else the top bars.
+        `limit`: the colour scale's +- bound (default: this result's largest |score|), so that
+        several results can share one scale."""
         plt = pyplot()
         s = self.scores["all"]
         kinds = {_kind(c) for c in self.components}
@@ -282,7 +284,7 @@ class PatchingResult:
                 layer, head = map(int, re.match(r"L(\d+)H(\d+)", name).groups())
                 grid[layer, head] = v
             fig, ax = plt.subplots(figsize=(1.2 + 0.9 * self.n_heads, 1.0 + 0.7 * self.n_layers))
-            _heat(fig, ax, grid, "head", "layer", list(range(self.n_heads)))
+            _heat(fig, ax, grid, "head", "layer", list(range(self.n_heads)), limit)
             for (i, j), v in np.ndenumerate(grid):
                 if np.isfinite(v):
                     ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8)
@@ -298,7 +300,7 @@ class PatchingResult:
             fig, ax = plt.subplots(
                 figsize=(max(6.0, 0.16 * len(blocks) + 2), 1.2 + 0.5 * len(layers))
             )
-            _heat(fig, ax, grid, "position block", "resid entering layer", None)
+            _heat(fig, ax, grid, "position block", "resid entering layer", None, limit)
             ax.set_yticks(range(len(layers)), [str(x) for x in layers])
             step = max(1, len(blocks) // 24)
             ax.set_xticks(
@@ -327,10 +329,11 @@ def _kind(name: str) -> str:
     return m.group(1) or ("head" if m.group(2) else "neuron")
 
 
-def _heat(fig, ax, grid, xlabel, ylabel, xticks):
+def _heat(fig, ax, grid, xlabel, ylabel, xticks, limit: float | None = None):
     lim = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
+    lim = lim if limit is None else limit
     im = ax.imshow(grid, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
-    fig.colorbar(im, ax=ax, fraction=0.05)
+    fig.colorbar(im, ax=ax, fraction=0.05, label="restored fraction of the clean log-prob")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if xticks is not None:

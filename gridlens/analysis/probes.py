@@ -32,6 +32,7 @@ WORLD_ANNOTATIONS = ("objects", "roles", "changes", "noise")
 ANNOTATIONS = (*WORLD_ANNOTATIONS, "colour", "grid")
 CONTROLS = ("type", "permute")
 TARGETS = ("input", "next")
+SELECTIVE = 0.02  # a probe under 2 points above its control (or the majority) is at chance
 
 
 def default_sites(cfg) -> list[str]:
@@ -166,15 +167,28 @@ class ProbeResult:
         }
 
     def findings(self) -> list[str]:
+        """The most selective site, stated against its control; at chance (selectivity under
+        SELECTIVE, or no better than the majority class) it is said to be no finding."""
+        sel = self.selectivity()
+        site = max(self.sites, key=lambda s: sel[s])
+        acc, control = self.accuracy[site], self.control_accuracy[site]
+        numbers = (
+            f"{100 * acc:.1f}% held-out vs {100 * control:.1f}% on the '{self.control}' "
+            f"control, selectivity {100 * sel[site]:.1f} points; majority class "
+            f"{100 * self.baseline:.1f}%, {self.n_classes} classes"
+        )
+        if sel[site] < SELECTIVE or acc <= self.baseline + SELECTIVE:
+            first = (
+                f"No site reads '{self.annotation}' beyond chance: the most selective, {site}, "
+                f"gets {numbers}."
+            )
+        else:
+            first = f"A linear probe reads '{self.annotation}' at {site}: {numbers}."
         best = max(self.sites, key=lambda s: self.accuracy[s])
-        selective = max(self.sites, key=lambda s: self.selectivity()[s])
         return [
-            f"A linear probe reads '{self.annotation}' best at {best}: "
-            f"{100 * self.accuracy[best]:.1f}% held-out accuracy (majority class "
-            f"{100 * self.baseline:.1f}%, {self.n_classes} classes).",
-            f"Most selective site: {selective} ({100 * self.accuracy[selective]:.1f}% vs "
-            f"{100 * self.control_accuracy[selective]:.1f}% on the '{self.control}' control, "
-            f"selectivity {100 * self.selectivity()[selective]:.1f} points).",
+            first,
+            f"Highest raw accuracy at {best}: {100 * self.accuracy[best]:.1f}% (control "
+            f"{100 * self.control_accuracy[best]:.1f}%).",
         ]
 
     def plot(self, path: str | Path) -> Path:

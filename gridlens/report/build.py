@@ -22,10 +22,11 @@ import torch
 
 from gridlens.errors import ConfigError, GridlensError, unknown_name
 from gridlens.io import atomic_directory, atomic_write
+from gridlens.report.findings import stage_claims, stage_findings, stage_neurons, stage_sae
 from gridlens.report.html import Figure, Page, Section, Table, Text
 
 REPORT_FORMAT = "gridlens.report"
-REPORT_VERSION = 1
+REPORT_VERSION = 2  # 2: `findings` is the list of claims; section lines in `section_findings`
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,13 @@ class Size:
     pairs_per_task: int  # clean/corrupted pairs per task for patching
     probe_per_task: int  # quizzes per task for the linear probes
     patterns: int  # attention-pattern figures (the most important heads)
+    sae_tokens: int  # activation rows an SAE trained for the report sees
 
 
 SIZES: dict[str, Size] = {
-    "tiny": Size(1, 2, 1, 4, 1),
-    "small": Size(8, 16, 4, 12, 3),
-    "full": Size(100, 64, 16, 64, 6),
+    "tiny": Size(1, 2, 1, 4, 1, 40_000),
+    "small": Size(8, 16, 4, 12, 3, 200_000),
+    "full": Size(100, 64, 16, 64, 6, 1_000_000),
 }
 
 
@@ -65,6 +67,10 @@ class _Run:
     objects: dict[str, Any] = field(default_factory=dict)  # name -> result, for later stages
     sections: list[Section] = field(default_factory=list)
     population: Path | None = None  # a culture population to report on, if given
+    sae_path: Path | None = None  # an SAE given with --sae
+    claims: list = field(default_factory=list)  # the published claims, tested (findings.py)
+    study: Any = None  # the task-specific MLP's quizzes and answers (mlp_claims.MlpStudy)
+    sae: Any = None  # the SAE of the SAE section
     _quizzes: Any = None
 
     @property
@@ -103,11 +109,13 @@ def build_report(
     n_per_task: int | None = None,
     command: str | None = None,
     population: str | Path | None = None,
+    sae: str | Path | None = None,
 ) -> Path:
     """Evaluate `model` and run every analysis on it; write `out/index.html`, its PNGs and
     `out/report.json`. Returns the folder. `size` ("tiny", "small", "full") sets how many
     quizzes each stage uses; `n_per_task` overrides the analysis quiz count; `population` (a
-    `gridlens culture run` folder) adds a section on its culture."""
+    `gridlens culture run` folder) adds a section on its culture; `sae` (an SAE folder, or
+    'default') replaces the SAE the report would choose or train."""
     from tqdm import tqdm
 
     from gridlens.training.commands import resolve_model
@@ -133,6 +141,8 @@ def build_report(
         stages.append(("culture", _stage_culture))
     loaded, training, path = resolve_model(str(model), device)
     loaded = loaded.to(device).eval()
+    if sae is not None:
+        _check_sae(loaded, sae)
     spec = SIZES[size]
     options = {
         "model": str(model),
@@ -142,12 +152,14 @@ def build_report(
         "device": device,
         "n_per_task": n_per_task or spec.n_per_task,
         "population": None if population is None else str(population),
+        "sae": None if sae is None else str(sae),
     }
     command = command or "build_report(" + ", ".join(f"{k}={v!r}" for k, v in options.items()) + ")"
 
     def fill(folder: Path) -> None:
         run = _Run(loaded, task_names, spec, options["n_per_task"], seed, folder, training)
         run.population = population
+        run.sae_path = None if sae is None else str(sae)
         timings: dict[str, float] = {}
         cpu: dict[str, float] = {}
         started, started_cpu = time.perf_counter(), time.process_time()
@@ -156,11 +168,13 @@ def build_report(
                 bar.set_postfix_str(name)
                 t0, c0 = time.perf_counter(), time.process_time()
                 try:
-                    run.sections.append(stage(run))
+                    section = stage(run)
                 except GridlensError:
                     raise
                 except Exception as error:
                     raise RuntimeError(f"report stage {name!r} failed: {error}") from error
+                if section is not None:
+                    run.sections.append(section)
                 timings[name] = round(time.perf_counter() - t0, 3)
                 cpu[name] = round(time.process_time() - c0, 3)
         timings["total"] = round(time.perf_counter() - started, 3)
@@ -178,13 +192,25 @@ def build_report(
             "timings_s": timings,
             "cpu_s": cpu,
             "summary": _summary(run.sections),
-            "findings": {s.title: s.findings for s in run.sections},
+            "findings": run.results.pop("findings"),
+            "section_findings": {s.title: s.findings for s in run.sections},
             "results": run.results,
         }
         text = (json.dumps(_plain(payload), indent=2, allow_nan=False) + "\n").encode()
         atomic_write(folder / "report.json", lambda handle: handle.write(text))
 
     return atomic_directory(out, fill)
+
+
+def _check_sae(model, sae: str | Path) -> None:
+    """Refuse, before any work, an SAE whose site this model lacks or has another width."""
+    from gridlens.sae.activations import site_width
+    from gridlens.sae.io import load_sae
+
+    cfg = load_sae(sae).cfg
+    width = site_width(model, cfg.hook_name)
+    if width != cfg.d_in:
+        raise ReportError(f"{sae}: SAE d_in {cfg.d_in}, but {cfg.hook_name} has width {width}")
 
 
 def _check_target(out: Path) -> None:
@@ -299,14 +325,20 @@ def _page(run: _Run, path: Path, options: dict, timings: dict, cpu: dict, comman
         title="gridlens report",
         subtitle=f"Circuit analysis of {path.name if path.name else path}",
         meta=meta,
-        sections=[summary, *run.sections, about],
+        sections=_top_first(run.sections, summary, about),
         footer=f"Made by gridlens {_versions()['gridlens']}.",
     )
 
 
+def _top_first(sections: list[Section], summary: Section, about: Section) -> list[Section]:
+    """Findings, then the summary, the other sections and the timings."""
+    top = [s for s in sections if s.title == "Findings"]
+    return [*top, summary, *[s for s in sections if s not in top], about]
+
+
 def _summary(sections: list[Section]) -> list[str]:
     """The first finding of every section: the page's summary."""
-    return [s.findings[0] for s in sections if s.findings]
+    return [s.findings[0] for s in sections if s.findings and s.title != "Findings"]
 
 
 def _pct(x: float | None) -> str:
@@ -364,6 +396,7 @@ def _stage_evaluation(run: _Run) -> Section:
             "eval_bars.png", "Accuracy per task: greedy, sampled at T=1, per cell (dashed: 95%)."
         ),
     )
+    section.add(_structure_table(result))
     drawn = failure_gallery(result.failures, run.folder / "eval_failures.png", per_task=1)
     if drawn:
         section.add(
@@ -384,6 +417,25 @@ def _stage_evaluation(run: _Run) -> Section:
         f"({_pct(tasks[worst]['accuracy_greedy'])}).",
     ]
     return section
+
+
+def _structure_table(result) -> Table:
+    """Greedy accuracy per predicted structure and per task with 95% Wilson intervals."""
+    from gridlens.report.claims import wilson
+
+    rows = []
+    for name, m in [*result.structures.items(), *result.tasks.items()]:
+        k = round(m["accuracy_greedy"] * m["n"])
+        low, high = wilson(k, m["n"])
+        rows.append(
+            [name, f"{k} / {m['n']}", _pct(m["accuracy_greedy"]), f"{_pct(low)} - {_pct(high)}"]
+        )
+    return Table(
+        ["structure or task", "right", "greedy", "95% interval"],
+        rows,
+        "Greedy accuracy per predicted structure, then per task, with Wilson score intervals: "
+        "with a few quizzes each, differences inside these intervals are noise.",
+    )
 
 
 def _ratio_table(results: dict[str, Any], names: list[str]) -> Table:
@@ -423,7 +475,7 @@ def _ablation_section(
             run.figure(
                 result,
                 f"ablation_{components}_{method}.png",
-                f"{method.capitalize()} ablation of each {noun}: grid-loss ratio per task.",
+                f"{method.capitalize()} ablation of each {noun}: grid-loss increase per task.",
             )
         )
     return section
@@ -436,8 +488,10 @@ def _stage_layer_ablation(run: _Run) -> Section:
             "Each attention layer and MLP layer is removed on its own: its output replaced by zero "
             "(zero ablation) or by its mean at each position over the quiz set (mean ablation, "
             "which keeps what every quiz shares and removes only quiz-specific information). The "
-            "heat maps show the ratio of the ablated to the clean teacher-forced loss on the "
-            "predicted grid, per task (log colour scale; 1 = no effect, red = worse)."
+            "heat maps show the increase of the teacher-forced loss on the predicted grid (ablated "
+            "minus clean, in nats) per task, on a log colour scale clipped below 0.001: absolute "
+            "increases, because a ratio to a near-zero clean loss (frame's) reads in thousands "
+            "for a small change. The table also gives the ratio."
         ),
     )
     return _ablation_section(
@@ -450,7 +504,7 @@ def _stage_head_ablation(run: _Run) -> Section:
         "Head ablation",
         howto=(
             "The same for each attention head (its slice of hook_z, before the output "
-            "projection): a layer x head heat map per task of the grid-loss ratio. A head that "
+            "projection): a layer x head heat map per task of the grid-loss increase. A head that "
             "matters for only some tasks shows up red in those panels only."
         ),
     )
@@ -588,8 +642,7 @@ def _stage_patching(run: _Run) -> Section:
     section.findings += [
         f"{_LABEL[method]} vs activation patching over {a['n_components']} heads: Spearman "
         f"{a['spearman']:.2f} (of |score| {a['spearman_abs']:.2f}), top-{a['k']} recall "
-        f"{a['top_k_recall']:.0%}; {estimates[method].seconds:.1f} s against "
-        f"{exact.seconds:.1f} s."
+        f"{a['top_k_recall']:.0%}; {_chance(a['n_components'], a['k'])}."
         for method, a in agreement.items()
     ]
     scores = {"activation": exact, **estimates}
@@ -602,7 +655,7 @@ def _stage_patching(run: _Run) -> Section:
             "with the largest activation-patching scores.",
         ),
         Table(
-            ["estimate", "Spearman", "Spearman of |score|", "top-k recall", "seconds"],
+            ["estimate", "Spearman", "Spearman of |score|", "top-k recall", "seconds", "chance"],
             [
                 [
                     _LABEL[m],
@@ -610,20 +663,31 @@ def _stage_patching(run: _Run) -> Section:
                     f"{a['spearman_abs']:.2f}",
                     f"{a['top_k_recall']:.0%} (k={a['k']})",
                     f"{estimates[m].seconds:.1f}",
+                    _chance(a["n_components"], a["k"]),
                 ]
                 for m, a in agreement.items()
             ],
             f"Agreement with activation patching ({exact.seconds:.1f} s).",
         ),
         _agreement_figure(exact, estimates, run.folder / "patching_agreement.png"),
-        run.figure(exact, "patching_activation.png", "Activation patching per head."),
-        run.figure(estimates["atp"], "patching_atp.png", "AtP per head."),
-        run.figure(estimates["atp*"], "patching_atp_star.png", "AtP* per head."),
     )
+    limit = max(float(np.nanmax(np.abs(r.scores["all"]), initial=0.0)) for r in scores.values())
+    for name, result in scores.items():
+        path = result.plot(run.folder / f"patching_{_FILE[name]}.png", limit=limit or 1.0)
+        caption = f"{_LABEL.get(name, 'Activation patching')} per head: restored fraction"
+        section.add(Figure(path.name, f"{caption}, all tasks (one colour scale: +-{limit:.2f})."))
     return section
 
 
 _LABEL = {"atp": "AtP", "atp*": "AtP*"}
+_FILE = {"activation": "activation", "atp": "atp", "atp*": "atp_star"}
+
+
+def _chance(n: int, k: int) -> str:
+    """What a random ranking of n components gets: top-k recall k/n on average; Spearman 0
+    with standard deviation 1/sqrt(n - 1)."""
+    spread = 1 / np.sqrt(max(n - 1, 1))
+    return f"a random ranking: top-{k} recall {k / n:.0%}, Spearman 0 +- {spread:.2f}"
 
 
 def _agreement_figure(exact, estimates: dict, path: Path) -> Figure:
@@ -766,7 +830,7 @@ def _stage_culture(run: _Run) -> Section:
     return section
 
 
-STAGES: list[tuple[str, Callable[[_Run], Section]]] = [
+STAGES: list[tuple[str, Callable[[_Run], Section | None]]] = [
     ("evaluation", _stage_evaluation),
     ("layer ablation", _stage_layer_ablation),
     ("head ablation", _stage_head_ablation),
@@ -775,4 +839,8 @@ STAGES: list[tuple[str, Callable[[_Run], Section]]] = [
     ("patching", _stage_patching),
     ("generation", _stage_generation),
     ("probes", _stage_probes),
+    ("claims", stage_claims),
+    ("sae", stage_sae),
+    ("neurons", stage_neurons),
+    ("findings", stage_findings),
 ]

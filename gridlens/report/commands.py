@@ -47,8 +47,14 @@ from gridlens.io import OutputPath
     default=None,
     help="A `gridlens culture run` folder: adds a section on its culture.",
 )
+@click.option(
+    "--sae",
+    default=None,
+    help="An SAE folder (ours or SAELens's) or 'default' for the SAE section, instead of the "
+    "one the report picks or trains for the task-specific MLP.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def report(model, tasks, out, size, n_per_task, seed, device, population, no_progress) -> None:
+def report(model, tasks, out, size, n_per_task, seed, device, population, sae, no_progress) -> None:
     """Evaluate MODEL and run every circuit analysis on it; write OUT/index.html.
 
     \b
@@ -64,6 +70,8 @@ def report(model, tasks, out, size, n_per_task, seed, device, population, no_pro
         args += ["--n-per-task", str(n_per_task)]
     if population is not None:
         args += ["--population", population]
+    if sae is not None:
+        args += ["--sae", sae]
     # SIGTERM as an exception, so the half-built folder beside --out is removed as on Ctrl-C
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
@@ -78,6 +86,7 @@ def report(model, tasks, out, size, n_per_task, seed, device, population, no_pro
             n_per_task=n_per_task,
             command=shlex.join(args),
             population=population,
+            sae=sae,
         )
     finally:
         signal.signal(signal.SIGTERM, previous)

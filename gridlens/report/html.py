@@ -81,7 +81,18 @@ class Text:
     text: str
 
 
-Block = Figure | Table | Text
+@dataclass
+class Link:
+    """A paragraph linking to a page beside the report (a relative path inside the folder)."""
+
+    href: str
+    text: str
+
+    def __post_init__(self) -> None:
+        Figure(self.href)  # the same rule: relative, inside the report
+
+
+Block = Figure | Table | Text | Link
 
 
 @dataclass
@@ -197,6 +208,8 @@ def _block(block: Block) -> str:
     e = html.escape
     if isinstance(block, Text):
         return f"<p>{e(block.text)}</p>"
+    if isinstance(block, Link):
+        return f'<p><a href="{e(block.href, quote=True)}">{e(block.text)}</a></p>'
     head = "".join(f"<th>{e(str(h))}</th>" for h in block.header)
     body = "".join(
         "<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in block.rows

@@ -58,6 +58,9 @@ def test_first_error_is_the_first_mismatch_under_the_hooks(model, quizzes, tmp_p
     np.testing.assert_array_equal(result.first_error, first_wrong(generated, tokens[:, cells]))
     np.testing.assert_array_equal(result.first_departure, first_wrong(generated, clean))
     assert (result.first_error >= 0).all() and not result.correct.any()
+    right = (generated == tokens[:, cells]).double().mean(1).numpy()
+    np.testing.assert_allclose(result.cells, right)  # partial credit where whole grids fail
+    assert 0 < right.mean() < 1
 
     data = json.loads(json.dumps(result.to_json()))
     assert data["hooks"] == ["blocks.0.hook_attn_out"]

@@ -90,3 +90,20 @@ def test_unknown_names_suggest(model, quizzes):
         train_probes(model, quizzes, "grid", sites=["blocks.0.hook_resid_pots"])
     with pytest.raises(GridlensError, match="per-position"):
         train_probes(model, quizzes, "grid", sites=["blocks.0.attn.hook_pattern"])
+
+
+def test_a_probe_at_chance_is_not_stated_as_a_finding():
+    from gridlens.analysis.probes import ProbeResult
+
+    def result(accuracy: float, control: float) -> ProbeResult:
+        sites = ["a", "b"]
+        return ProbeResult(
+            "changes", "input", "type", sites, {"a": accuracy, "b": 0.5},
+            {"a": control, "b": 0.5}, {}, 0.85, 2, 10, 10,
+        )  # fmt: skip
+
+    at_chance = result(0.86, 0.855)
+    assert at_chance.findings()[0].startswith("No site reads 'changes' beyond chance")
+    assert "vs 85.5% on the 'type' control" in at_chance.findings()[0]
+    read = result(0.95, 0.86)
+    assert read.findings()[0].startswith("A linear probe reads 'changes' at a: 95.0%")

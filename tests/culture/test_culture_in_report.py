@@ -29,7 +29,7 @@ def test_report_has_a_culture_section(tmp_path):
     culture = data["results"]["culture"]
     assert culture["culture"]["train"] == 12 and culture["culture"]["test"] == 4
     assert len(culture["culture_rounds"]) == 2
-    assert any("novel" in line for line in data["findings"]["Culture"])
+    assert any("novel" in line for line in data["section_findings"]["Culture"])
     for label in culture["culture"]["by_label"]:
         assert (folder / f"culture_{label}.png").is_file()
 

@@ -134,11 +134,57 @@ def test_the_page_shows_the_findings_and_the_evaluation(report):
     text = (report / "index.html").read_text()
     import html
 
-    for lines in data["findings"].values():
+    for lines in data["section_findings"].values():
         for line in lines:
             assert html.escape(line) in text
     frame = data["results"]["evaluation"]["tasks"]["frame"]
     assert f"<td>frame</td><td>{100 * frame['accuracy_greedy']:.1f}%</td>" in text
+
+
+CLAIMS = (
+    "l0_attention_outsized",
+    "l0_previous_token_head",
+    "l0_direct_path_copies",
+    "task_specific_mlp",
+    "transform_cell_decides",
+    "sparse_feature_recovers",
+    "feature_induces_behaviour",
+)
+
+
+def test_findings_come_first_with_every_claim_and_a_verdict(report):
+    data = json.loads((report / "report.json").read_text())
+    assert [f["id"] for f in data["findings"]] == list(CLAIMS)
+    for finding in data["findings"]:
+        assert finding["verdict"] in ("reproduced", "partly", "not reproduced", "not applicable")
+        assert finding["claim"] and (finding["evidence"] or finding["reason"])
+    text = (report / "index.html").read_text()
+    sections = re.findall(r'<section id="([^"]+)"', text)
+    assert sections[:2] == ["findings", "summary"]
+    for claim_id in CLAIMS:
+        assert f"<td>{claim_id}</td>" in text
+    assert {"sae", "neurons"} <= set(data["results"]) and data["options"]["sae"] is None
+
+
+def test_the_sae_section_links_its_dashboard(report):
+    text = (report / "index.html").read_text()
+    assert '<a href="sae_dashboard/index.html">' in text
+    dashboard = (report / "sae_dashboard" / "index.html").read_text()
+    for page in re.findall(r'href="(latent_\d+\.html)"', dashboard):
+        assert (report / "sae_dashboard" / page).is_file()
+    sae = json.loads((report / "report.json").read_text())["results"]["sae"]
+    assert 0 < sae["metrics"]["explained_variance"]["all"] <= 1
+
+
+def test_an_sae_of_another_width_is_refused_before_any_work(tmp_path):
+    from gridlens.sae.io import save_sae
+    from gridlens.sae.model import SAEConfig, SparseAutoencoder
+
+    cfg = SAEConfig(d_in=64, d_sae=32, architecture="topk", k=4, hook_name="blocks.0.hook_mlp_out")
+    save_sae(SparseAutoencoder(cfg), tmp_path / "sae")
+    with pytest.raises(ReportError, match="width 128"):
+        build_report(out=tmp_path / "r", tasks="frame", size="tiny", sae=tmp_path / "sae")
+    assert not (tmp_path / "r").exists()
 
 
 def test_only_an_earlier_report_is_replaced(report, tmp_path):
@@ -176,6 +222,7 @@ def test_report_renders_in_chromium(browser, report):
     assert _broken_images(browser) == []
     titles = [h.text for h in browser.find_elements(By.CSS_SELECTOR, "section > h2")]
     for title in (
+        "Findings",
         "Summary",
         "Evaluation",
         "Layer ablation",
@@ -185,6 +232,8 @@ def test_report_renders_in_chromium(browser, report):
         "Activation patching and attribution patching",
         "Generation under ablation",
         "Linear probes",
+        "Sparse autoencoder",
+        "MLP neurons",
         "About this report",
     ):
         assert title in titles, (title, titles)
