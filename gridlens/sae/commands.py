@@ -178,17 +178,35 @@ def train_command(
     help="Write sae_eval.json and sae_eval.png here.",
 )
 @click.option("--device", default=None, help="cpu, cuda ... (default: where the model loads).")
-def eval_command(model_path, sae_path, tasks, n_per_task, seed, positions, greedy, out, device):
+@click.option(
+    "--encoder",
+    default="learned",
+    show_default=True,
+    help="Comma-separated encoders on the SAE's dictionary: learned, mp (matching pursuit), gp "
+    "(gradient pursuit); more than one, or a pursuit, compares them at equal L0.",
+)
+@click.option("--l0", type=int, default=None, help="Pursuit L0 (default: the learned one's).")
+def eval_command(
+    model_path, sae_path, tasks, n_per_task, seed, positions, greedy, out, device, encoder, l0
+):
     """Explained variance, L0, dead latents and loss recovered of an SAE, per task."""
     from gridlens.analysis.core import quiz_set
     from gridlens.io import atomic_write
     from gridlens.models.checkpoints import load
     from gridlens.sae.io import load_sae
     from gridlens.sae.metrics import evaluate_sae
+    from gridlens.sae.pursuit import ENCODERS
 
+    encoders = tuple(e.strip() for e in encoder.split(",") if e.strip())
+    for name in encoders:
+        if name not in ENCODERS:
+            raise unknown_name("encoder", name, ENCODERS)
     model = load(model_path, device=device)
     sae_model = load_sae(sae_path, device=model.device)
     quizzes = quiz_set(tasks, n_per_task=n_per_task, seed=seed)
+    if encoders != ("learned",):
+        _compare_encoders(model, sae_model, quizzes, encoders, l0, positions, greedy, out)
+        return
     result = evaluate_sae(model, sae_model, quizzes, positions, greedy=greedy)
     for line in result.findings():
         click.echo(line)
@@ -201,6 +219,21 @@ def eval_command(model_path, sae_path, tasks, n_per_task, seed, positions, greed
         click.echo(f"wrote {folder / 'sae_eval.json'} and {png}")
     else:
         click.echo(json.dumps(result.to_json(), indent=2))
+
+
+def _compare_encoders(model, sae_model, quizzes, encoders, l0, positions, greedy, out) -> None:
+    from gridlens.io import atomic_write
+    from gridlens.sae.encoders import compare_encoders
+
+    result = compare_encoders(model, sae_model, quizzes, encoders, l0, positions, greedy)
+    for line in result.findings():
+        click.echo(line)
+    if out is None:
+        return
+    text = (json.dumps(result.to_json(), indent=2) + "\n").encode()
+    atomic_write(Path(out) / "sae_encoders.json", lambda h: h.write(text))
+    pngs = result.plot(out)
+    click.echo(f"wrote {Path(out) / 'sae_encoders.json'} and {len(pngs)} PNGs in {out}")
 
 
 for _command in COMMANDS:
