@@ -65,6 +65,12 @@ def sae() -> None:
 @click.option("--k", type=int, default=None, help="Active latents per row (topk, batchtopk).")
 @click.option("--l1", type=float, default=None, help="L1 coefficient (relu).")
 @click.option("--l0", type=float, default=None, help="L0 coefficient (jumprelu).")
+@click.option(
+    "--ghost-grads",
+    default=None,
+    type=click.Choice(["off", "original", "improved"]),
+    help="Ghost grads for dead latents (any architecture; replaces AuxK for topk/batchtopk).",
+)
 @click.option("--tokens", type=int, default=None, help="Activation rows to train on.")
 @click.option("--batch-size", type=int, default=None)
 @click.option("--lr", type=float, default=None)
@@ -94,8 +100,8 @@ def sae() -> None:
 @click.option("--seed", type=int, default=None)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train_command(
-    preset, model_path, site, arch, d_sae, expansion, k, l1, l0, tokens, batch_size, lr,
-    positions, tasks, buffer_quizzes, out, resume, device, dtype, threads, seed, no_progress,
+    preset, model_path, site, arch, d_sae, expansion, k, l1, l0, ghost_grads, tokens, batch_size,
+    lr, positions, tasks, buffer_quizzes, out, resume, device, dtype, threads, seed, no_progress,
 ):  # fmt: skip
     """Train an SAE on activations of freshly generated quizzes streamed through the model."""
     import torch
@@ -122,6 +128,7 @@ def train_command(
     train_opts = {
         "l1_coefficient": l1,
         "l0_coefficient": l0,
+        "ghost_grads": ghost_grads,
         "tokens": tokens,
         "batch_size": batch_size,
         "lr": lr,
