@@ -18,6 +18,7 @@ import click
 
 from gridlens.errors import ConfigError, unknown_name
 from gridlens.sae.feature_commands import COMMANDS
+from gridlens.sae.model import ARCHITECTURES
 
 #: name -> (SAEConfig fields, SAETrainConfig fields)
 PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -59,7 +60,7 @@ def sae() -> None:
 )
 @click.option("--model", "model_path", default="default", show_default=True, help="Model.")
 @click.option("--site", default=None, help="Hook name, e.g. blocks.3.hook_mlp_out.")
-@click.option("--arch", default=None, type=click.Choice(["relu", "topk", "batchtopk", "jumprelu"]))
+@click.option("--arch", default=None, type=click.Choice(list(ARCHITECTURES)))
 @click.option("--d-sae", type=int, default=None, help="Number of latents.")
 @click.option("--expansion", type=int, default=None, help="Latents = expansion x d_in.")
 @click.option("--k", type=int, default=None, help="Active latents per row (topk, batchtopk).")

@@ -101,17 +101,15 @@ class PursuitSAE(SparseAutoencoder):
         if method not in PURSUITS:
             raise unknown_name("pursuit encoder", method, tuple(PURSUITS))
         super().__init__(sae.cfg)
-        self.load_state_dict(sae.state_dict())
         self.to(sae.W_dec.device, sae.W_dec.dtype)
+        with torch.no_grad():  # only the dictionary is used
+            self.W_dec.copy_(sae.W_dec)
+            self.b_dec.copy_(sae.b_dec)
         self.method, self.k, self.chunk = method, k, chunk
         self.eval()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.cfg.d_in:
-            raise ConfigError(
-                f"SAE for {self.cfg.hook_name} expects d_in={self.cfg.d_in}, got {x.shape[-1]}"
-            )
-        flat = x.reshape(-1, self.cfg.d_in) - self.b_dec
+        flat = self.centred(x).reshape(-1, self.cfg.d_in)
         pursuit = PURSUITS[self.method]
         codes = [pursuit(c, self.W_dec, self.k) for c in flat.split(self.chunk)]
         return torch.cat(codes).reshape(*x.shape[:-1], self.cfg.d_sae)

@@ -2,6 +2,7 @@
 
 Losses (per row, summed over d_in, averaged over the batch, on normalised activations):
     relu:            MSE + l1_coefficient * sum_i f_i * ||W_dec_i||    (L1 warmed up linearly)
+    gated:           MSE + l1_coefficient * L1 of the gate + its auxiliary loss (gated.py)
     topk, batchtopk: MSE + aux_coefficient * AuxK                      (Gao et al. 2024)
     jumprelu:        MSE + l0_coefficient * sum_i H(pre_i - threshold_i) (via model.jump_step)
 AuxK: the k_aux largest pre-activations among dead latents reconstruct the residual x - x_hat
@@ -43,6 +44,7 @@ import torch
 from gridlens.errors import CheckpointError, ConfigError, unknown_name
 from gridlens.io import atomic_write
 from gridlens.sae.activations import ActivationStore, site_width
+from gridlens.sae.gated import build_sae, gated_latents
 from gridlens.sae.model import SAEConfig, SparseAutoencoder, jump_step
 from gridlens.sae.sparse import batch_topk_encode, sparse_decode, topk_encode
 from gridlens.training import checkpoint as ckpt
@@ -223,18 +225,10 @@ def sae_losses(
         sparsity = x.new_zeros(()) if use_ghost else aux_k_loss(sae, x, recon, dead, cfg.aux_k)
         total = mse + cfg.aux_coefficient * sparsity
     else:
-        pre = sae.pre_activation(x)
-        if arch == "relu":
-            latents = torch.relu(pre)
-            sparsity = (latents * sae.W_dec.norm(dim=1)).sum(-1).mean()
-            coefficient = cfg.l1_coefficient
-        else:  # jumprelu, with its straight-through threshold gradient
-            latents = sae.activate(pre)
-            sparsity = jump_step(pre, sae.threshold, sae.cfg.jumprelu_bandwidth).sum(-1).mean()
-            coefficient = cfg.l0_coefficient
+        latents, sparsity, coefficient, aux = _dense_terms(sae, x, cfg)
         recon = sae.decode(latents)
         mse = (recon - x).pow(2).sum(-1).mean()
-        total = mse + coefficient * sparsity_scale * sparsity
+        total = mse + coefficient * sparsity_scale * sparsity + aux
         active = latents.detach() > 0
         l0 = active.sum(-1).float().mean()
         fired = active.any(0)
@@ -243,6 +237,26 @@ def sae_losses(
         ghost = ghost_grads_loss(sae, x, recon, mse, dead, cfg.ghost_grads)
         result.total, result.ghost = total + ghost, ghost.detach()
     return result
+
+
+def _dense_terms(
+    sae: SparseAutoencoder, x: torch.Tensor, cfg: SAETrainConfig
+) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor]:
+    """relu, jumprelu, gated: (latents, sparsity penalty, its coefficient, auxiliary loss)."""
+    arch = sae.cfg.architecture
+    if arch == "gated":  # L1 on the gate's relu, and the gate's frozen-decoder reconstruction
+        pi_gate, pi_mag = sae.gate_and_magnitude(x)
+        sparsity = (torch.relu(pi_gate) * sae.W_dec.norm(dim=1)).sum(-1).mean()
+        aux = sae.auxiliary_loss(x, pi_gate)
+        return gated_latents(pi_gate, pi_mag), sparsity, cfg.l1_coefficient, aux
+    pre = sae.pre_activation(x)
+    if arch == "relu":
+        latents = torch.relu(pre)
+        sparsity = (latents * sae.W_dec.norm(dim=1)).sum(-1).mean()
+        return latents, sparsity, cfg.l1_coefficient, x.new_zeros(())
+    # jumprelu, with its straight-through threshold gradient
+    sparsity = jump_step(pre, sae.threshold, sae.cfg.jumprelu_bandwidth).sum(-1).mean()
+    return sae.activate(pre), sparsity, cfg.l0_coefficient, x.new_zeros(())
 
 
 def ghost_grads_loss(
@@ -263,7 +277,8 @@ def ghost_grads_loss(
     dead_index = dead.nonzero().flatten() if dead is not None else None
     if dead_index is None or len(dead_index) == 0:
         return x.new_zeros(())
-    pre = (x - sae.b_dec.detach()) @ sae.W_enc[:, dead_index] + sae.b_enc[dead_index]
+    bias = sae.b_gate if sae.cfg.architecture == "gated" else sae.b_enc  # what decides firing
+    pre = (x - sae.b_dec.detach()) @ sae.W_enc[:, dead_index] + bias[dead_index]
     ghost = torch.exp(pre if variant == "original" else pre.clamp_max(0.0)) @ sae.W_dec[dead_index]
     residual = (x - recon).detach()
     scale = residual.norm(dim=-1) / (2 * ghost.norm(dim=-1) + 1e-6)
@@ -466,7 +481,7 @@ def train_sae(
             device=device,
             autocast_dtype=_autocast_dtype(train_cfg.dtype, device),
         )
-    sae = SparseAutoencoder(sae_cfg, seed=train_cfg.seed)
+    sae = build_sae(sae_cfg, seed=train_cfg.seed)
     if initial_state is not None:
         sae.load_state_dict(initial_state)
     sae.to(device)
