@@ -14,7 +14,7 @@ def small_gated() -> GatedSAE:
     sae = GatedSAE(SAEConfig(2, 2, "gated", hook_name="s"))
     with torch.no_grad():
         sae.W_enc.copy_(torch.eye(2))
-        sae.W_dec.copy_(torch.eye(2))
+        sae.W_dec.copy_(torch.tensor([[1.0, 0.5], [0.0, 1.0]]))
         sae.b_dec.zero_()
         sae.b_gate.copy_(torch.tensor([0.0, -5.0]))
         sae.b_mag.copy_(torch.tensor([1.0, 1.0]))
@@ -27,12 +27,13 @@ def test_gated_encoding_by_hand():
     x = torch.tensor([[3.0, 3.0]])
     # gate: (3, 3 - 5) -> only latent 0 open; magnitude: 3 * exp(log 2) + 1 = 7
     torch.testing.assert_close(sae.encode(x), torch.tensor([[7.0, 0.0]]))
-    # auxiliary: relu(gate) = (3, 0) decoded -> (3, 0); ||x - (3, 0)||^2 = 9
+    # auxiliary: relu(gate) = (3, 0) decoded -> (3, 1.5); ||x - (3, 1.5)||^2 = 2.25, and its
+    # gradient to gate 0 is 2 * <(3, 1.5) - x, W_dec[0]> = 2 * (-1.5 * 0.5) = -1.5
     aux = sae.auxiliary_loss(x, sae.gate_and_magnitude(x)[0])
-    assert float(aux.detach()) == pytest.approx(9.0)
+    assert float(aux.detach()) == pytest.approx(2.25)
     aux.backward()
     assert sae.W_dec.grad is None  # the decoder copy is frozen; the gate learns
-    assert sae.b_gate.grad[0] != 0 and sae.b_mag.grad is None
+    assert float(sae.b_gate.grad[0]) == pytest.approx(-1.5) and sae.b_mag.grad is None
 
 
 def test_normalize_decoder_keeps_outputs():
