@@ -194,9 +194,11 @@ def train_command(
     "(gradient pursuit); more than one, or a pursuit, compares them at equal L0.",
 )
 @click.option("--l0", type=int, default=None, help="Pursuit L0 (default: the learned one's).")
+@click.option("--k-sweep", default=None, help="TopK: comma-separated test-time k, e.g. 8,16,32.")
 def eval_command(
-    model_path, sae_path, tasks, n_per_task, seed, positions, greedy, out, device, encoder, l0
-):
+    model_path, sae_path, tasks, n_per_task, seed, positions, greedy, out, device, encoder, l0,
+    k_sweep,
+):  # fmt: skip
     """Explained variance, L0, dead latents and loss recovered of an SAE, per task."""
     from gridlens.analysis.core import quiz_set
     from gridlens.io import atomic_write
@@ -212,6 +214,9 @@ def eval_command(
     model = load(model_path, device=device)
     sae_model = load_sae(sae_path, device=model.device)
     quizzes = quiz_set(tasks, n_per_task=n_per_task, seed=seed)
+    if k_sweep is not None:
+        _k_sweep(model, sae_model, quizzes, k_sweep, positions, out)
+        return
     if encoders != ("learned",):
         _compare_encoders(model, sae_model, quizzes, encoders, l0, positions, greedy, out)
         return
@@ -227,6 +232,25 @@ def eval_command(
         click.echo(f"wrote {folder / 'sae_eval.json'} and {png}")
     else:
         click.echo(json.dumps(result.to_json(), indent=2))
+
+
+def _k_sweep(model, sae_model, quizzes, k_sweep, positions, out) -> None:
+    from gridlens.io import atomic_write
+    from gridlens.sae.encoders import topk_sweep
+
+    if sae_model.cfg.architecture != "topk":
+        raise ConfigError(f"--k-sweep needs a topk SAE, got {sae_model.cfg.architecture}")
+    ks = tuple(int(k) for k in k_sweep.split(","))
+    result = topk_sweep(model, sae_model, quizzes, ks, positions)
+    for k, v in result.items():
+        click.echo(
+            f"k {k:4d}: L0 {v['l0']:6.1f}  explained variance {v['explained_variance']:.3f}  "
+            f"loss recovered {v['loss_recovered']:.3f}"
+        )
+    if out is not None:
+        payload = {"format": "gridlens.sae_k_sweep", "version": 1, "sweep": result}
+        text = (json.dumps(payload, indent=2) + "\n").encode()
+        atomic_write(Path(out) / "sae_k_sweep.json", lambda h: h.write(text))
 
 
 def _compare_encoders(model, sae_model, quizzes, encoders, l0, positions, greedy, out) -> None:

@@ -9,6 +9,7 @@ encoders' L0 is the learned encoder's mean L0 on the same rows (rounded) unless 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 from gridlens.analysis.core import QuizSet
 from gridlens.sae.activations import collect
 from gridlens.sae.features import latent_activations
+from gridlens.sae.gated import build_sae
 from gridlens.sae.labels import label_latents
 from gridlens.sae.metrics import SAEMetrics, evaluate_sae
 from gridlens.sae.model import SparseAutoencoder
@@ -103,3 +105,18 @@ def compare_encoders(
         labels = label_latents(latent_activations(model, variant, quizzes, positions))
         best_f1[name] = labels.best_f1()
     return EncoderComparison(l0, metrics, best_f1)
+
+
+def topk_sweep(
+    model, sae: SparseAutoencoder, quizzes: QuizSet, ks: tuple[int, ...], positions: str = "grid"
+) -> dict[int, dict[str, float]]:
+    """A TopK SAE's test-time max-k sweep: L0 against fidelity (explained variance, loss
+    recovered) with the same weights keeping k latents per row at inference."""
+    out = {}
+    for k in ks:
+        variant = build_sae(dataclasses.replace(sae.cfg, k=k))
+        variant.load_state_dict(sae.state_dict())
+        variant.to(sae.W_dec.device, sae.W_dec.dtype).eval()
+        metrics = evaluate_sae(model, variant, quizzes, positions, greedy=False)
+        out[k] = {n: metrics[n]["all"] for n in ("l0", "explained_variance", "loss_recovered")}
+    return out
