@@ -33,12 +33,14 @@ import torch
 
 from gridlens.models.checkpoints import load
 from gridlens.sae.activations import collect
-from gridlens.sae.model import SAEConfig, SparseAutoencoder
+from gridlens.sae.gated import build_sae
+from gridlens.sae.model import SAEConfig
 from gridlens.sae.train import SAETrainConfig, train_sae, train_step
 from gridlens.world import generate
 
 # topk-sparse: our TopK against SAELens's TopK with use_sparse_activations=True (its COO path)
-ARCHS = ("relu", "topk", "topk-sparse", "batchtopk", "jumprelu")
+# topk-ghost: our TopK with improved ghost grads (half the latents marked dead) instead of AuxK
+ARCHS = ("relu", "topk", "topk-sparse", "batchtopk", "jumprelu", "gated", "topk-ghost")
 HOOK = "blocks.3.hook_mlp_out"
 
 
@@ -68,6 +70,8 @@ def sae_lens_trainer(arch: str, d_in: int, d_sae: int, k: int, batch: int):
         ),
         "batchtopk": lambda: sae_lens.BatchTopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k),
         "jumprelu": lambda: sae_lens.JumpReLUTrainingSAEConfig(d_in=d_in, d_sae=d_sae),
+        "gated": lambda: sae_lens.GatedTrainingSAEConfig(d_in=d_in, d_sae=d_sae),
+        "topk-ghost": lambda: sae_lens.TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k),
     }[arch]()
     sae = sae_lens.TrainingSAE.from_dict(cfg.to_dict())
     trainer_cfg = SAETrainerConfig(
@@ -82,19 +86,21 @@ def sae_lens_trainer(arch: str, d_in: int, d_sae: int, k: int, batch: int):
 
 def bench_steps(model, args) -> list[str]:
     lines = []
+    ours_ms: dict[str, float] = {}
     batches = activations(model, args.batch * args.n_batches, seed=11).split(args.batch)
     train_cfg = SAETrainConfig(tokens=args.batch * 10**6, batch_size=args.batch, lr=1e-3)
     for d_sae in args.sizes:
-        for arch in ARCHS:
-            ours_arch = arch.removesuffix("-sparse")
-            sae = SparseAutoencoder(
-                SAEConfig(128, d_sae, ours_arch, HOOK, k=args.k), seed=0
-            ).train()
+        for arch in args.archs:
+            ours_arch = arch.removesuffix("-sparse").removesuffix("-ghost")
+            sae = build_sae(SAEConfig(128, d_sae, ours_arch, HOOK, k=args.k), seed=0).train()
             opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
             since_fired = torch.zeros(d_sae, dtype=torch.long)
+            ghost = arch.endswith("-ghost")
+            cfg = train_cfg.replace(ghost_grads="improved") if ghost else train_cfg
+            dead = (torch.arange(d_sae) % 2 == 0) if ghost else None
 
-            def ours(x, sae=sae, opt=opt, since_fired=since_fired):
-                result = train_step(sae, opt, x, train_cfg, None, 1.0)
+            def ours(x, sae=sae, opt=opt, since_fired=since_fired, cfg=cfg, dead=dead):
+                result = train_step(sae, opt, x, cfg, dead, 1.0)
                 since_fired += x.shape[0]
                 since_fired[result.fired] = 0
 
@@ -121,6 +127,7 @@ def bench_steps(model, args) -> list[str]:
                     c1, w1 = clocks()
                     times[name].append(((c1 - c0) / args.steps, (w1 - w0) / args.steps))
             cpu = {n: statistics.median(t[0] for t in v) for n, v in times.items()}
+            ours_ms[arch] = cpu["ours"]
             wall = {n: statistics.median(t[1] for t in v) for n, v in times.items()}
             line = (
                 f"{arch:11s} d_sae {d_sae:5d}: ours {args.batch / cpu['ours']:10,.0f} tok/s "
@@ -131,6 +138,11 @@ def bench_steps(model, args) -> list[str]:
             )
             print(line, flush=True)
             lines.append(line)
+        for arch in ("gated", "topk-ghost"):
+            if arch in ours_ms and "topk" in ours_ms:
+                line = f"{arch} d_sae {d_sae}: {ours_ms[arch] / ours_ms['topk']:.2f}x our TopK step"
+                print(line, flush=True)
+                lines.append(line)
     return lines
 
 
@@ -210,6 +222,7 @@ def main() -> None:
         "--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[1024, 4096]
     )
     parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--archs", type=lambda s: s.split(","), default=list(ARCHS))
     parser.add_argument("--steps", type=int, default=5, help="timed steps per repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--n-batches", type=int, default=3)

@@ -19,6 +19,7 @@ import click
 from gridlens.errors import ConfigError, unknown_name
 from gridlens.io import OutputPath
 from gridlens.sae.feature_commands import COMMANDS
+from gridlens.sae.model import ARCHITECTURES
 
 #: name -> (SAEConfig fields, SAETrainConfig fields)
 PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -60,12 +61,18 @@ def sae() -> None:
 )
 @click.option("--model", "model_path", default="default", show_default=True, help="Model.")
 @click.option("--site", default=None, help="Hook name, e.g. blocks.3.hook_mlp_out.")
-@click.option("--arch", default=None, type=click.Choice(["relu", "topk", "batchtopk", "jumprelu"]))
+@click.option("--arch", default=None, type=click.Choice(list(ARCHITECTURES)))
 @click.option("--d-sae", type=int, default=None, help="Number of latents.")
 @click.option("--expansion", type=int, default=None, help="Latents = expansion x d_in.")
 @click.option("--k", type=int, default=None, help="Active latents per row (topk, batchtopk).")
 @click.option("--l1", type=float, default=None, help="L1 coefficient (relu).")
 @click.option("--l0", type=float, default=None, help="L0 coefficient (jumprelu).")
+@click.option(
+    "--ghost-grads",
+    default=None,
+    type=click.Choice(["off", "original", "improved"]),
+    help="Ghost grads for dead latents (any architecture; replaces AuxK for topk/batchtopk).",
+)
 @click.option("--tokens", type=int, default=None, help="Activation rows to train on.")
 @click.option("--batch-size", type=int, default=None)
 @click.option("--lr", type=float, default=None)
@@ -95,8 +102,8 @@ def sae() -> None:
 @click.option("--seed", type=int, default=None)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train_command(
-    preset, model_path, site, arch, d_sae, expansion, k, l1, l0, tokens, batch_size, lr,
-    positions, tasks, buffer_quizzes, out, resume, device, dtype, threads, seed, no_progress,
+    preset, model_path, site, arch, d_sae, expansion, k, l1, l0, ghost_grads, tokens, batch_size,
+    lr, positions, tasks, buffer_quizzes, out, resume, device, dtype, threads, seed, no_progress,
 ):  # fmt: skip
     """Train an SAE on activations of freshly generated quizzes streamed through the model."""
     import torch
@@ -123,6 +130,7 @@ def train_command(
     train_opts = {
         "l1_coefficient": l1,
         "l0_coefficient": l0,
+        "ghost_grads": ghost_grads,
         "tokens": tokens,
         "batch_size": batch_size,
         "lr": lr,
@@ -179,17 +187,40 @@ def train_command(
     help="Write sae_eval.json and sae_eval.png here.",
 )
 @click.option("--device", default=None, help="cpu, cuda ... (default: where the model loads).")
-def eval_command(model_path, sae_path, tasks, n_per_task, seed, positions, greedy, out, device):
+@click.option(
+    "--encoder",
+    default="learned",
+    show_default=True,
+    help="Comma-separated encoders on the SAE's dictionary: learned, mp (matching pursuit), gp "
+    "(gradient pursuit); more than one, or a pursuit, compares them at equal L0.",
+)
+@click.option("--l0", type=int, default=None, help="Pursuit L0 (default: the learned one's).")
+@click.option("--k-sweep", default=None, help="TopK: comma-separated test-time k, e.g. 8,16,32.")
+def eval_command(
+    model_path, sae_path, tasks, n_per_task, seed, positions, greedy, out, device, encoder, l0,
+    k_sweep,
+):  # fmt: skip
     """Explained variance, L0, dead latents and loss recovered of an SAE, per task."""
     from gridlens.analysis.core import quiz_set
     from gridlens.io import atomic_write
     from gridlens.models.checkpoints import load
     from gridlens.sae.io import load_sae
     from gridlens.sae.metrics import evaluate_sae
+    from gridlens.sae.pursuit import ENCODERS
 
+    encoders = tuple(e.strip() for e in encoder.split(",") if e.strip())
+    for name in encoders:
+        if name not in ENCODERS:
+            raise unknown_name("encoder", name, ENCODERS)
     model = load(model_path, device=device)
     sae_model = load_sae(sae_path, device=model.device)
     quizzes = quiz_set(tasks, n_per_task=n_per_task, seed=seed)
+    if k_sweep is not None:
+        _k_sweep(model, sae_model, quizzes, k_sweep, positions, out)
+        return
+    if encoders != ("learned",):
+        _compare_encoders(model, sae_model, quizzes, encoders, l0, positions, greedy, out)
+        return
     result = evaluate_sae(model, sae_model, quizzes, positions, greedy=greedy)
     for line in result.findings():
         click.echo(line)
@@ -202,6 +233,40 @@ def eval_command(model_path, sae_path, tasks, n_per_task, seed, positions, greed
         click.echo(f"wrote {folder / 'sae_eval.json'} and {png}")
     else:
         click.echo(json.dumps(result.to_json(), indent=2))
+
+
+def _k_sweep(model, sae_model, quizzes, k_sweep, positions, out) -> None:
+    from gridlens.io import atomic_write
+    from gridlens.sae.encoders import topk_sweep
+
+    if sae_model.cfg.architecture != "topk":
+        raise ConfigError(f"--k-sweep needs a topk SAE, got {sae_model.cfg.architecture}")
+    ks = tuple(int(k) for k in k_sweep.split(","))
+    result = topk_sweep(model, sae_model, quizzes, ks, positions)
+    for k, v in result.items():
+        click.echo(
+            f"k {k:4d}: L0 {v['l0']:6.1f}  explained variance {v['explained_variance']:.3f}  "
+            f"loss recovered {v['loss_recovered']:.3f}"
+        )
+    if out is not None:
+        payload = {"format": "gridlens.sae_k_sweep", "version": 1, "sweep": result}
+        text = (json.dumps(payload, indent=2) + "\n").encode()
+        atomic_write(Path(out) / "sae_k_sweep.json", lambda h: h.write(text))
+
+
+def _compare_encoders(model, sae_model, quizzes, encoders, l0, positions, greedy, out) -> None:
+    from gridlens.io import atomic_write
+    from gridlens.sae.encoders import compare_encoders
+
+    result = compare_encoders(model, sae_model, quizzes, encoders, l0, positions, greedy)
+    for line in result.findings():
+        click.echo(line)
+    if out is None:
+        return
+    text = (json.dumps(result.to_json(), indent=2) + "\n").encode()
+    atomic_write(Path(out) / "sae_encoders.json", lambda h: h.write(text))
+    pngs = result.plot(out)
+    click.echo(f"wrote {Path(out) / 'sae_encoders.json'} and {len(pngs)} PNGs in {out}")
 
 
 for _command in COMMANDS:

@@ -4,7 +4,8 @@ A saved SAE is a directory with `cfg.json` and `sae_weights.safetensors` (W_enc 
 b_enc, W_dec [d_sae, d_in], b_dec, and `threshold` [d_sae] for JumpReLU), exactly what
 `sae_lens.SAE.load_from_disk` reads. Architectures map as SAELens names them:
 
-    relu -> "standard"; topk -> "topk" (with k); jumprelu -> "jumprelu";
+    relu -> "standard"; topk -> "topk" (with k); jumprelu -> "jumprelu"; gated -> "gated"
+                 (W_enc, W_dec, b_dec, b_gate, b_mag, r_mag; no b_enc);
     batchtopk -> "jumprelu" with every latent's threshold set to the global one, which is how
                  SAELens itself saves a trained BatchTopK SAE (`metadata.training_architecture`
                  is then "batchtopk" and `training_architecture_details.k` holds k)
@@ -37,6 +38,7 @@ import torch
 from gridlens.errors import CheckpointError, ConfigError
 from gridlens.integrity import seal_safetensors, verify_safetensors
 from gridlens.io import atomic_directory, atomic_write
+from gridlens.sae.gated import build_sae, weight_names
 from gridlens.sae.model import SAEConfig, SparseAutoencoder
 
 CFG_FILE = "cfg.json"
@@ -48,7 +50,13 @@ MIN_SAE_LENS_VERSION = 6
 DEFAULT_SAE_DIR = Path(__file__).resolve().parents[1] / "data" / "default_sae"
 """The SAE shipped inside the package (trained on the default model), if any."""
 
-TO_SAE_LENS = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}
+TO_SAE_LENS = {
+    "relu": "standard",
+    "topk": "topk",
+    "batchtopk": "jumprelu",
+    "jumprelu": "jumprelu",
+    "gated": "gated",
+}
 _DTYPES = {
     "float32": torch.float32,
     "float64": torch.float64,
@@ -100,10 +108,7 @@ def save_sae(
     """
     cfg = sae.cfg
     arch = cfg.architecture
-    weights = {
-        name: getattr(sae, name).detach().to("cpu").clone()
-        for name in ("W_enc", "b_enc", "W_dec", "b_dec")
-    }
+    weights = {name: getattr(sae, name).detach().to("cpu").clone() for name in weight_names(cfg)}
     dtype = weights["W_enc"].dtype
     if arch in ("jumprelu", "batchtopk"):
         threshold = sae.threshold.detach().to("cpu", dtype).clone()
@@ -263,10 +268,10 @@ def load_sae(
             f"SAELens >= {MIN_SAE_LENS_VERSION}.0 format (load and save it with SAELens 6)"
         )
     arch = field("architecture", str)
-    if arch not in ("standard", "topk", "jumprelu", "batchtopk"):
+    if arch not in ("standard", "topk", "jumprelu", "batchtopk", "gated"):
         raise CheckpointError(
             f"{cfg_path}: field 'architecture' is {arch!r}; gridlens reads standard, topk, "
-            "jumprelu and batchtopk SAEs"
+            "jumprelu, batchtopk and gated SAEs"
         )
     d_in, d_sae = field("d_in", int), field("d_sae", int)
     dtype_name = str(field("dtype", str, "float32")).removeprefix("torch.")
@@ -292,7 +297,9 @@ def load_sae(
         )
 
     state = _read_weights(directory / WEIGHTS_FILE)
-    shapes = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    biases = ("b_gate", "b_mag", "r_mag") if arch == "gated" else ("b_enc",)
+    shapes.update({name: (d_sae,) for name in biases})
     if "log_threshold" in state and "threshold" not in state:  # SAELens < 6.x JumpReLU training
         state["threshold"] = state.pop("log_threshold").double().exp()
     scaling = state.pop("scaling_factor", None)  # SAELens 5 era; all ones means unused
@@ -310,7 +317,12 @@ def load_sae(
 
     # fold SAELens options into the plain encoder/decoder
     if not field("apply_b_dec_to_input", bool, True):
-        state["b_enc"] = state["b_enc"] + state["b_dec"] @ state["W_enc"]
+        shift = state["b_dec"] @ state["W_enc"]
+        if arch == "gated":  # the magnitude path's encoder is W_enc * exp(r_mag)
+            state["b_gate"] = state["b_gate"] + shift
+            state["b_mag"] = state["b_mag"] + shift * state["r_mag"].exp()
+        else:
+            state["b_enc"] = state["b_enc"] + shift
     if arch in ("topk", "batchtopk") and field("rescale_acts_by_decoder_norm", bool, False):
         norms = state["W_dec"].norm(dim=1).clamp_min(1e-8)
         state["W_enc"], state["b_enc"] = state["W_enc"] * norms, state["b_enc"] * norms
@@ -324,9 +336,9 @@ def load_sae(
         )
 
     cfg = _our_config(data, meta, arch, d_in, d_sae, hook_name, state, cfg_path)
-    sae = SparseAutoencoder(cfg)
+    sae = build_sae(cfg)
     with torch.no_grad():
-        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        for name in weight_names(cfg):
             getattr(sae, name).copy_(state[name])
         if cfg.architecture == "jumprelu":
             sae.threshold.copy_(state["threshold"].clamp_min(0.0))
@@ -455,8 +467,8 @@ def _config_from_sae_lens(data, meta, arch, d_in, d_sae, hook_name, state, cfg_p
 
     fields: dict[str, Any] = {"d_in": d_in, "d_sae": d_sae, "hook_name": hook_name}
     details = meta.get("training_architecture_details") or {}
-    if arch == "standard":
-        fields["architecture"] = "relu"
+    if arch in ("standard", "gated"):
+        fields["architecture"] = "relu" if arch == "standard" else "gated"
     elif arch == "topk":
         fields.update(architecture="topk", k=k_of(data.get("k"), "k"))
     elif arch == "batchtopk":

@@ -9,6 +9,7 @@ b_dec, JumpReLU `threshold`), so files convert without reshaping. Encoding:
                learned global threshold (`threshold`, one value) replaces the batch ranking
     jumprelu:  f = pre * (pre > threshold) with a per-latent threshold (straight-through
                estimates for its gradient, see `jumprelu` below)
+    gated:     its own class, gridlens.sae.gated.GatedSAE (build any with gated.build_sae)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch.nn as nn
 
 from gridlens.errors import ConfigError, unknown_name
 
-ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
+ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
 
 
 @dataclass(frozen=True)
@@ -117,12 +118,16 @@ class SparseAutoencoder(nn.Module):
             # learned at the end of training: the inference threshold replacing the batch ranking
             self.register_buffer("threshold", torch.zeros(()))
 
-    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
+    def centred(self, x: torch.Tensor) -> torch.Tensor:
+        """x - b_dec, after checking x's width."""
         if x.shape[-1] != self.cfg.d_in:
             raise ConfigError(
                 f"SAE for {self.cfg.hook_name} expects d_in={self.cfg.d_in}, got {x.shape[-1]}"
             )
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        return x - self.b_dec
+
+    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
+        return self.centred(x) @ self.W_enc + self.b_enc
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Latent activations [..., d_sae] (inference behaviour for batchtopk)."""

@@ -2,10 +2,13 @@
 
 Losses (per row, summed over d_in, averaged over the batch, on normalised activations):
     relu:            MSE + l1_coefficient * sum_i f_i * ||W_dec_i||    (L1 warmed up linearly)
+    gated:           MSE + l1_coefficient * L1 of the gate + its auxiliary loss (gated.py)
     topk, batchtopk: MSE + aux_coefficient * AuxK                      (Gao et al. 2024)
     jumprelu:        MSE + l0_coefficient * sum_i H(pre_i - threshold_i) (via model.jump_step)
 AuxK: the k_aux largest pre-activations among dead latents reconstruct the residual x - x_hat
 (detached), scaled by min(dead / k_aux, 1) as SAELens does, so dead latents get gradients.
+Ghost grads (`ghost_grads`, any architecture; for TopK/BatchTopK it replaces AuxK): see
+`ghost_grads_loss`.
 Except for relu, decoder rows are kept at unit norm (the gradient's radial part is removed
 before each step, the rows renormalised after it).
 
@@ -41,6 +44,7 @@ import torch
 from gridlens.errors import CheckpointError, ConfigError, unknown_name
 from gridlens.io import atomic_write
 from gridlens.sae.activations import ActivationStore, site_width
+from gridlens.sae.gated import build_sae, gated_latents
 from gridlens.sae.model import SAEConfig, SparseAutoencoder, jump_step
 from gridlens.sae.sparse import batch_topk_encode, sparse_decode, topk_encode
 from gridlens.training import checkpoint as ckpt
@@ -49,6 +53,7 @@ LOG_FILE = "log.jsonl"
 TRAINING_FILE = "training.json"
 DECAYS = ("linear", "cosine", "constant")
 DTYPES = ("auto", "float32", "bfloat16")
+GHOST_GRADS = ("off", "original", "improved")
 # Fields that may change between a checkpoint and its resumed run without changing the result.
 RESUME_FREE_FIELDS = frozenset(
     {
@@ -83,6 +88,7 @@ class SAETrainConfig:
     aux_coefficient: float = 1.0  # SAELens's default (Gao et al. use 1/32 of a normalised MSE)
     dead_after_tokens: int = 100_000  # a latent not fired for this many rows is dead
     resample_every: int = 0  # relu: reinitialise dead latents every this many steps (0: off)
+    ghost_grads: str = "off"  # "original" (Anthropic, Jan 2024) or "improved" (seed 001)
     threshold_fraction: float = 0.25  # batchtopk: threshold averaged over this last share
     b_dec_init: str = "geometric_median"  # or "mean" or "zeros"
     normalize_activations: bool = True
@@ -118,6 +124,8 @@ class SAETrainConfig:
             raise ConfigError("decay_fraction must lie in [0, 1] and threshold_fraction in (0, 1]")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.ghost_grads not in GHOST_GRADS:
+            raise unknown_name("ghost grads variant", self.ghost_grads, GHOST_GRADS)
 
     @property
     def steps(self) -> int:
@@ -183,6 +191,7 @@ class StepResult:
     l0: torch.Tensor  # mean active latents per row
     fired: torch.Tensor  # bool [d_sae]: latents active on some row of the batch
     min_active: torch.Tensor | None  # batchtopk: the smallest positive activation kept
+    ghost: torch.Tensor | None = None  # the ghost grads term, when on
 
 
 def sae_losses(
@@ -212,25 +221,72 @@ def sae_losses(
         if arch == "batchtopk" and positive.any():
             min_active = values.detach()[positive].min()
         mse = (recon - x).pow(2).sum(-1).mean()
-        sparsity = aux_k_loss(sae, x, recon, dead, cfg.aux_k)
+        use_ghost = cfg.ghost_grads != "off"
+        sparsity = x.new_zeros(()) if use_ghost else aux_k_loss(sae, x, recon, dead, cfg.aux_k)
         total = mse + cfg.aux_coefficient * sparsity
     else:
-        pre = sae.pre_activation(x)
-        if arch == "relu":
-            latents = torch.relu(pre)
-            sparsity = (latents * sae.W_dec.norm(dim=1)).sum(-1).mean()
-            coefficient = cfg.l1_coefficient
-        else:  # jumprelu, with its straight-through threshold gradient
-            latents = sae.activate(pre)
-            sparsity = jump_step(pre, sae.threshold, sae.cfg.jumprelu_bandwidth).sum(-1).mean()
-            coefficient = cfg.l0_coefficient
+        latents, sparsity, coefficient, aux = _dense_terms(sae, x, cfg)
         recon = sae.decode(latents)
         mse = (recon - x).pow(2).sum(-1).mean()
-        total = mse + coefficient * sparsity_scale * sparsity
+        total = mse + coefficient * sparsity_scale * sparsity + aux
         active = latents.detach() > 0
         l0 = active.sum(-1).float().mean()
         fired = active.any(0)
-    return StepResult(total, mse, sparsity.detach(), recon.detach(), l0, fired, min_active)
+    result = StepResult(total, mse, sparsity.detach(), recon.detach(), l0, fired, min_active)
+    if cfg.ghost_grads != "off":
+        ghost = ghost_grads_loss(sae, x, recon, mse, dead, cfg.ghost_grads)
+        result.total, result.ghost = total + ghost, ghost.detach()
+    return result
+
+
+def _dense_terms(
+    sae: SparseAutoencoder, x: torch.Tensor, cfg: SAETrainConfig
+) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor]:
+    """relu, jumprelu, gated: (latents, sparsity penalty, its coefficient, auxiliary loss)."""
+    arch = sae.cfg.architecture
+    if arch == "gated":  # L1 on the gate's relu, and the gate's frozen-decoder reconstruction
+        pi_gate, pi_mag = sae.gate_and_magnitude(x)
+        sparsity = (torch.relu(pi_gate) * sae.W_dec.norm(dim=1)).sum(-1).mean()
+        aux = sae.auxiliary_loss(x, pi_gate)
+        return gated_latents(pi_gate, pi_mag), sparsity, cfg.l1_coefficient, aux
+    pre = sae.pre_activation(x)
+    if arch == "relu":
+        latents = torch.relu(pre)
+        sparsity = (latents * sae.W_dec.norm(dim=1)).sum(-1).mean()
+        return latents, sparsity, cfg.l1_coefficient, x.new_zeros(())
+    # jumprelu, with its straight-through threshold gradient
+    sparsity = jump_step(pre, sae.threshold, sae.cfg.jumprelu_bandwidth).sum(-1).mean()
+    return sae.activate(pre), sparsity, cfg.l0_coefficient, x.new_zeros(())
+
+
+def ghost_grads_loss(
+    sae: SparseAutoencoder,
+    x: torch.Tensor,
+    recon: torch.Tensor,
+    mse: torch.Tensor,
+    dead: torch.Tensor | None,
+    variant: str = "improved",
+) -> torch.Tensor:
+    """Ghost grads (Jermyn & Templeton, Anthropic's January 2024 update): the dead latents,
+    with exp instead of their activation function, reconstruct the residual x - x_hat (detached);
+    their output is rescaled (constant) to half the residual's norm and the loss (constant) to
+    equal the MSE. "improved" (seed 001, GDM) multiplies it by the share of dead latents and uses
+    exp(min(pre, 0)) against divergence from falsely dead latents. b_dec enters detached, so only
+    the dead latents' encoder columns, biases and decoder rows get gradients. Zero when nothing
+    is dead."""
+    dead_index = dead.nonzero().flatten() if dead is not None else None
+    if dead_index is None or len(dead_index) == 0:
+        return x.new_zeros(())
+    bias = sae.b_gate if sae.cfg.architecture == "gated" else sae.b_enc  # what decides firing
+    pre = (x - sae.b_dec.detach()) @ sae.W_enc[:, dead_index] + bias[dead_index]
+    ghost = torch.exp(pre if variant == "original" else pre.clamp_max(0.0)) @ sae.W_dec[dead_index]
+    residual = (x - recon).detach()
+    scale = residual.norm(dim=-1) / (2 * ghost.norm(dim=-1) + 1e-6)
+    loss = (ghost * scale[:, None].detach() - residual).pow(2).sum(-1).mean()
+    loss = loss * (mse.detach() / (loss.detach() + 1e-6))
+    if variant == "improved":
+        loss = loss * (len(dead_index) / sae.cfg.d_sae)
+    return loss
 
 
 def aux_k_loss(
@@ -425,7 +481,7 @@ def train_sae(
             device=device,
             autocast_dtype=_autocast_dtype(train_cfg.dtype, device),
         )
-    sae = SparseAutoencoder(sae_cfg, seed=train_cfg.seed)
+    sae = build_sae(sae_cfg, seed=train_cfg.seed)
     if initial_state is not None:
         sae.load_state_dict(initial_state)
     sae.to(device)
@@ -526,6 +582,8 @@ def train_sae(
                     "l0": float(losses.l0),
                     "dead": float((since_fired >= train_cfg.dead_after_tokens).float().mean()),
                 }
+                if losses.ghost is not None:
+                    metrics["ghost_loss"] = float(losses.ghost)
             step += 1
             timing["store_s"] += t1 - t0
             timing["sae_s"] += time.perf_counter() - t1

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from gridlens.errors import CheckpointError, ConfigError
+from gridlens.sae.gated import build_sae, weight_names
 from gridlens.sae.io import load_sae, read_sae_cfg, save_sae
-from gridlens.sae.model import ARCHITECTURES, SAEConfig, SparseAutoencoder
+from gridlens.sae.model import ARCHITECTURES, SAEConfig
 
 sae_lens = pytest.importorskip("sae_lens")
 
@@ -19,13 +20,12 @@ D_IN, D_SAE, K = 8, 32, 4
 
 def random_sae(arch: str, seed: int = 0, hook_name: str = "blocks.1.hook_resid_post"):
     """An SAE with every parameter random (biases and thresholds too), thresholds >= 0."""
-    sae = SparseAutoencoder(SAEConfig(D_IN, D_SAE, arch, hook_name=hook_name, k=K), seed=seed)
+    sae = build_sae(SAEConfig(D_IN, D_SAE, arch, hook_name=hook_name, k=K), seed=seed)
     g = torch.Generator().manual_seed(seed + 100)
     with torch.no_grad():
-        for p in (sae.W_enc, sae.W_dec):
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-        for p in (sae.b_enc, sae.b_dec):
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+        for name in weight_names(sae.cfg):
+            p = getattr(sae, name)
+            p.copy_(torch.randn(p.shape, generator=g) * (0.5 if name.startswith("W") else 0.2))
         if arch == "jumprelu":
             sae.threshold.copy_(torch.rand(D_SAE, generator=g) * 0.3)
         if arch == "batchtopk":
@@ -216,8 +216,8 @@ def test_no_version(saved):
 
 
 def test_unknown_architecture(saved):
-    _edit_cfg(saved, lambda d: d.update(architecture="gated"))
-    with pytest.raises(CheckpointError, match="field 'architecture' is 'gated'"):
+    _edit_cfg(saved, lambda d: d.update(architecture="matching_pursuit"))
+    with pytest.raises(CheckpointError, match="field 'architecture' is 'matching_pursuit'"):
         load_sae(saved)
 
 

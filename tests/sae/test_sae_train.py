@@ -67,6 +67,7 @@ CASES = {
     "topk": ({"k": 3}, {}),
     "batchtopk": ({"k": 3}, {}),
     "relu": ({}, {"l1_coefficient": 1.0}),
+    "gated": ({}, {"l1_coefficient": 2.0}),
     "jumprelu": (
         {"jumprelu_init_threshold": 0.1, "jumprelu_bandwidth": 0.1},
         {"l0_coefficient": 0.5},
