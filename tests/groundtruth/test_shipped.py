@@ -107,3 +107,35 @@ def test_matching_and_purity_against_hand_counts():
     task = torch.tensor([0, 0, 1, 1, 1, 1])
     assert purity(active, task, 2, [0], 0) == pytest.approx(0.8)
     assert purity(active, task, 1, [0], 0) is None
+
+
+def test_a_saved_sae_scores_the_same_loaded_from_its_sae_lens_folder(tmp_path):
+    from gridlens.groundtruth.scoreboard import (
+        collect_site,
+        load_user_sae,
+        sae_units,
+        score_units,
+        train_site_sae,
+    )
+    from gridlens.sae.io import save_sae
+
+    model, bench, _ = load_run(shipped.SHIPPED_DIR / "left_greater")
+    tokens, _ = bench.generate(200, np.random.default_rng(5))
+    hook = "blocks.0.mlp.hook_post"
+    data = collect_site(model, bench, tokens, hook, None)
+    sae = train_site_sae(data["acts"], "jumprelu", hook, steps=30)
+    save_sae(sae, tmp_path / "sae")
+    loaded = load_user_sae(f"left_greater={tmp_path / 'sae'}")
+    assert loaded.hook == hook and loaded.bench == "left_greater"
+    site, names = (hook, None), bench.variable_names
+    direct = score_units(model, bench, sae_units(sae), data, data, tokens, site, names)
+    again = score_units(model, bench, sae_units(loaded.sae), data, data, tokens, site, names)
+    for var in names:
+        assert again[var]["units"] == direct[var]["units"]
+        assert again[var]["f1"] == pytest.approx(direct[var]["f1"], abs=1e-6)
+        assert again[var]["iia"] == pytest.approx(direct[var]["iia"], abs=1e-6)
+    # interchanging all of MLP0's neurons carries `greater` (it lives there): IIA near 1
+    from gridlens.groundtruth.scoring import site_iia
+
+    full = site_iia(model, bench, tokens, "left_greater.greater", {"all": lambda a, s: s}, hook)
+    assert full["all"] >= 0.99
