@@ -168,64 +168,102 @@ def train(
 @click.option(
     "--run",
     "run_dir",
-    type=click.Path(file_okay=False),
     required=True,
-    help="A `groundtruth train` output directory.",
+    help="A `groundtruth train` output directory, or the name of a shipped model (parenthesis, "
+    "left_greater, duplicate_remover, unique_extractor, all4) where no folder of that name "
+    "exists.",
 )
-@click.option("--out", "out_dir", type=OutputPath("dir"), default=None, help="Default: RUN/eval.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=OutputPath("dir"),
+    default=None,
+    help="Default: RUN/eval, or NAME-eval for a shipped model.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=OutputPath("file"),
+    default=None,
+    help="Also write the overall accuracy, iia and siia (and per node) to this file.",
+)
 @click.option(
     "--n-per-task",
     default=1000,
     show_default=True,
-    help="Fresh inputs per task (half to train SAEs/probes, half to score).",
+    help="Fresh inputs per task (metrics on all; half train SAEs/probes, half score them).",
 )
 @click.option("--sae-arch", type=click.Choice(["topk", "relu"]), default="topk", show_default=True)
 @click.option("--sae-latents", default=0, show_default=True, help="0: 2 x d_mlp.")
 @click.option("--sae-k", default=8, show_default=True)
 @click.option("--sae-steps", default=1000, show_default=True)
 @click.option("--seed", default=1, show_default=True)
-def eval_(run_dir, out_dir, n_per_task, sae_arch, sae_latents, sae_k, sae_steps, seed) -> None:
+def eval_(
+    run_dir, out_dir, json_path, n_per_task, sae_arch, sae_latents, sae_k, sae_steps, seed
+) -> None:
     """Accuracy/IIA/SIIA on fresh data, SAEs vs the known variables, circuit-discovery ROC AUC."""
-    from gridlens.groundtruth.figures import circuit_scores, sae_matrix, sae_scores
     from gridlens.groundtruth.iit import _jsonable, evaluate, load_run
-    from gridlens.groundtruth.scoring import circuit_discovery, mlp_variables, score_mlp
+    from gridlens.groundtruth.shipped import resolve_run
 
     if n_per_task < 4:
         raise ConfigError(f"--n-per-task must be >= 4, got {n_per_task}")
-    model, bench, _meta = load_run(Path(run_dir))
-    out = Path(out_dir) if out_dir else Path(run_dir) / "eval"
+    folder, shipped = resolve_run(run_dir)
+    model, bench, _meta = load_run(folder)
+    out = Path(out_dir) if out_dir else Path(f"{run_dir}-eval" if shipped else folder / "eval")
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     fit_tokens, _ = bench.generate(n_per_task // 2, rng)
     test_tokens, _ = bench.generate(n_per_task - n_per_task // 2, rng)
     t0 = time.perf_counter()
-    report: dict = {"run": str(run_dir), "benchmark": bench.describe()}
-    report["metrics"] = evaluate(model, bench, test_tokens)
-    m = report["metrics"]
+    report: dict = {"run": str(folder), "shipped": shipped, "benchmark": bench.describe()}
+    m = report["metrics"] = evaluate(model, bench, torch.cat([fit_tokens, test_tokens]))
     click.echo(f"accuracy {m['accuracy']:.5f}  IIA {m['iia']:.5f}  SIIA {m['siia']:.5f}")
-    report["sae"] = {}
+    if json_path:
+        _write_metrics_json(Path(json_path), report, n_per_task, seed)
+    sae = dict(n_latents=sae_latents or None, arch=sae_arch, k=sae_k, sae_steps=sae_steps)
+    report["sae"] = _eval_saes(model, bench, fit_tokens, test_tokens, out, seed, sae)
+    report["circuit_discovery"] = _eval_circuits(model, bench, test_tokens, out)
+    report["seconds"] = time.perf_counter() - t0
+    (out / "eval.json").write_text(json.dumps(_jsonable(report), indent=1))
+    click.echo(f"wrote {out}/eval.json and figures")
+
+
+def _write_metrics_json(path: Path, report: dict, n_per_task: int, seed: int) -> None:
+    from gridlens.groundtruth.iit import _jsonable
+    from gridlens.io import atomic_write
+
+    m = report["metrics"]
+    keys = ("accuracy", "iia", "siia", "iia_per_node", "siia_per_node", "siia_all_unused")
+    data = {
+        "format": "gridlens-groundtruth-metrics",
+        "version": 1,
+        "run": report["run"],
+        "shipped": report["shipped"],
+        "benchmark": report["benchmark"]["name"],
+        "n_per_task": n_per_task,
+        "seed": seed,
+        **{k: m[k] for k in keys},
+    }
+    text = json.dumps(_jsonable(data), indent=1) + "\n"
+    atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def _eval_saes(model, bench, fit_tokens, test_tokens, out: Path, seed: int, sae: dict) -> dict:
+    from gridlens.groundtruth.figures import sae_matrix, sae_scores
+    from gridlens.groundtruth.scoring import mlp_variables, score_mlp
+
+    report = {}
     for layer in range(bench.config.n_layers):
         if not mlp_variables(bench, layer):
             continue
         torch.manual_seed(seed)
-        r = score_mlp(
-            model,
-            bench,
-            layer,
-            fit_tokens,
-            test_tokens,
-            n_latents=sae_latents or None,
-            arch=sae_arch,
-            k=sae_k,
-            sae_steps=sae_steps,
-            seed=seed,
-        )
+        r = score_mlp(model, bench, layer, fit_tokens, test_tokens, seed=seed, **sae)
         sae_scores(r, out / f"sae_L{layer}.png", f"{bench.name}: MLP {layer}")
         sae_matrix(r, out / f"sae_matrix_L{layer}.png", f"{bench.name}: MLP {layer} SAE F1")
         for method in r["methods"].values():
             if "f1_matrix" in method:
                 method["f1_matrix"] = method["f1_matrix"].tolist()
-        report["sae"][f"L{layer}"] = r
+        report[f"L{layer}"] = r
         line = "  ".join(
             f"{k}: best F1 {v['mean_best_f1']:.3f} hungarian {v['hungarian_mean_f1']:.3f}"
             for k, v in r["methods"].items()
@@ -235,18 +273,113 @@ def eval_(run_dir, out_dir, n_per_task, sae_arch, sae_latents, sae_k, sae_steps,
             f"MLP {layer}: {line}; SAE FVU {r['sae']['fvu_test']:.3f}, acc spliced "
             f"{r['sae']['accuracy_spliced']:.4f}"
         )
+    return report
+
+
+def _eval_circuits(model, bench, test_tokens, out: Path) -> list[dict]:
+    from gridlens.groundtruth.figures import circuit_scores
+    from gridlens.groundtruth.scoring import circuit_discovery
+
     tasks = range(len(bench.tasks)) if bench.multi else [None]
     circuits = [circuit_discovery(model, bench, test_tokens, task=k) for k in tasks]
     circuit_scores(circuits, out / "circuit.png", bench.name)
-    report["circuit_discovery"] = circuits
     for c in circuits:
         click.echo(
             f"circuit {c['task']}: ROC AUC activation patching "
             f"{c['auc_activation_patching']:.3f}, AtP {c['auc_atp']:.3f}"
         )
-    report["seconds"] = time.perf_counter() - t0
-    (out / "eval.json").write_text(json.dumps(_jsonable(report), indent=1))
-    click.echo(f"wrote {out}/eval.json and figures")
+    return circuits
+
+
+@groundtruth.command()
+@click.option(
+    "--runs",
+    default=",".join(
+        ("parenthesis", "left_greater", "duplicate_remover", "unique_extractor", "all4")
+    ),
+    show_default=True,
+    help="Comma-separated `groundtruth train` folders or shipped model names.",
+)
+@click.option(
+    "--sites",
+    default="mlp",
+    show_default=True,
+    help="Site kinds for the built-in methods: mlp (mlp.hook_post), z (attn.hook_z, heads "
+    "flattened), resid (hook_resid_post); each variable is scored in its own layer.",
+)
+@click.option(
+    "--train-saes",
+    default="topk",
+    show_default=True,
+    help="SAE architectures to train on each site (relu, topk, batchtopk, jumprelu; 'none').",
+)
+@click.option(
+    "--sae",
+    "saes",
+    multiple=True,
+    help="[RUN=]PATH: a SAELens 6 SAE folder (ours or any tool's) to score at its own site "
+    "(hook_name, hook_head_index); repeatable. Without RUN=, on every model it fits.",
+)
+@click.option("--n-per-task", default=1000, show_default=True, help="Half fit, half scored.")
+@click.option("--sae-steps", default=500, show_default=True)
+@click.option("--sae-k", default=8, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--threads", default=0, show_default=True, help="torch threads (0: default).")
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False), default="scoreboard", show_default=True
+)
+def score(runs, sites, train_saes, saes, n_per_task, sae_steps, sae_k, seed, threads, out_dir):
+    """Score neurons, probes and SAEs (trained here or loaded) against every known variable:
+    one table (JSON, Markdown, PNG), methods as rows, benchmark x variable as columns."""
+    from gridlens.groundtruth.iit import _jsonable, load_run
+    from gridlens.groundtruth.scoreboard import (
+        check_kinds,
+        figure,
+        load_user_sae,
+        markdown,
+        out_paths,
+        scoreboard,
+    )
+    from gridlens.groundtruth.shipped import resolve_run
+    from gridlens.io import atomic_write
+    from gridlens.sae.model import ARCHITECTURES
+
+    kinds = [k for k in sites.split(",") if k]
+    check_kinds(kinds)
+    archs = [] if train_saes == "none" else [a for a in train_saes.split(",") if a]
+    bad = [a for a in archs if a not in ARCHITECTURES]
+    if bad or n_per_task < 4:
+        raise ConfigError(f"--train-saes {bad} not in {ARCHITECTURES} or --n-per-task < 4")
+    if threads:
+        torch.set_num_threads(threads)
+    user = [load_user_sae(s) for s in saes]
+    models = {}
+    for run in (r for r in runs.split(",") if r):
+        model, bench, _ = load_run(resolve_run(run)[0])
+        models[Path(run).name] = (model, bench)
+    cfg = {
+        "runs": list(models),
+        "sites": kinds,
+        "train_saes": archs,
+        "saes": list(saes),
+        "n_per_task": n_per_task,
+        "sae_steps": sae_steps,
+        "sae_k": sae_k,
+        "seed": seed,
+    }
+    t0 = time.perf_counter()
+    board = scoreboard(models, cfg, user, log=click.echo)
+    board["seconds"] = time.perf_counter() - t0
+    paths = out_paths(Path(out_dir))
+    text = json.dumps(_jsonable(board), indent=1) + "\n"
+    atomic_write(paths["json"], lambda handle: handle.write(text.encode()))
+    md = markdown(board)
+    atomic_write(paths["md"], lambda handle: handle.write(md.encode()))
+    figure(board, paths["png"])
+    click.echo(
+        f"{len(board['rows'])} methods x {len(board['columns'])} variables in "
+        f"{board['seconds']:.0f} s; wrote {', '.join(str(p) for p in paths.values())}"
+    )
 
 
 def _floats(text: str, n: int, what: str) -> list[float]:

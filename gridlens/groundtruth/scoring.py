@@ -100,10 +100,8 @@ def value_targets(bench: Benchmark, data: dict) -> tuple[torch.Tensor, list[tupl
     the variable's task where the variable takes the value."""
     cols, names = [], []
     for var, vals in data["values"].items():
-        k = _task_index(bench, var)
-        own = data["task"] == k
-        n_values = _variable(bench, var).n_values
-        for value in range(n_values):
+        own = own_rows(bench, var, data["task"])
+        for value in range(n_values(bench, var)):
             col = own & (vals == value)
             if bool(col.any()):
                 cols.append(col)
@@ -121,6 +119,24 @@ def _task_index(bench: Benchmark, var: str) -> int:
 def _variable(bench: Benchmark, var: str):
     k = _task_index(bench, var)
     return bench.tasks[k].high_level.by_name[var.split(".", 1)[1]]
+
+
+def n_values(bench: Benchmark, var: str) -> int:
+    """How many values ``var`` takes (the task-id variable: one per task)."""
+    return len(bench.tasks) if var == "task" else _variable(bench, var).n_values
+
+
+def value_name(bench: Benchmark, var: str, value: int) -> str:
+    return bench.tasks[value].name if var == "task" else _variable(bench, var).value_name(value)
+
+
+def own_rows(bench: Benchmark, var: str, task: torch.Tensor) -> torch.Tensor:
+    """Rows (by task id) on which ``var`` is defined: its task's, or all for the task id."""
+    return (
+        torch.ones_like(task, dtype=torch.bool)
+        if var == "task"
+        else task == _task_index(bench, var)
+    )
 
 
 def train_probes(
@@ -239,27 +255,59 @@ def _splice_accuracy(model, bench: Benchmark, tokens: torch.Tensor, hook: str, f
 def patched_iia(
     model, bench: Benchmark, tokens: torch.Tensor, layer: int, var: str, transforms: dict
 ) -> dict[str, float]:
+    """:func:`site_iia` at the neurons of MLP ``layer``."""
+    return site_iia(model, bench, tokens, var, transforms, f"blocks.{layer}.mlp.hook_post")
+
+
+def site_iia(
+    model,
+    bench: Benchmark,
+    tokens: torch.Tensor,
+    var: str,
+    transforms: dict,
+    hook: str,
+    head: int | None = None,
+) -> dict[str, float]:
     """IIA, per named transform, for interchanging only ``var`` in the high-level model while
-    the low-level MLP activation is replaced by ``transform(base_act, source_act)``; base and
-    source are both inputs of the variable's task (sources: the same inputs rolled by one). The
-    source cache and the high-level target are shared by all transforms."""
-    k = _task_index(bench, var)
-    own = tokens[bench.task_ids(tokens) == k]
+    the low-level activation at ``hook`` (one head's, or all heads' flattened, for per-head
+    hooks) is replaced by ``transform(base_act, source_act)``; base and source are both inputs
+    on which the variable is defined (sources: the same inputs rolled by one). The source cache
+    and the high-level target are shared by all transforms."""
+    own = tokens[own_rows(bench, var, bench.task_ids(tokens))]
     if len(own) < 2:
         return dict.fromkeys(transforms, float("nan"))
     src = torch.roll(own, 1, 0)
-    hook = f"blocks.{layer}.mlp.hook_post"
-    cache = source_cache(model, src, [hook])
-    src_vals = bench.run_high_level(src)
+    source = read_site(source_cache(model, src, [hook])[hook], head)
     mask = torch.ones(len(own), dtype=torch.bool)
-    target = bench.run_high_level(own, {var: (mask, src_vals[var])})["output"]
+    target = bench.run_high_level(own, {var: (mask, bench.run_high_level(src)[var])})["output"]
     out = {}
     for name, transform in transforms.items():
+
+        def fn(a, point, t=transform):
+            return write_site(a, head, t(read_site(a, head), source))
+
         with torch.no_grad():
-            logits = model.run_with_hooks(
-                own, fwd_hooks=[(hook, lambda a, p, t=transform: t(a, cache[hook]))]
-            )
+            logits = model.run_with_hooks(own, fwd_hooks=[(hook, fn)])
         out[name] = _acc(logits, target, bench.task_ids(own), len(bench.tasks))[0]
+    return out
+
+
+def read_site(act: torch.Tensor, head: int | None) -> torch.Tensor:
+    """[batch, pos, width] from a hook's activation: one head or all heads flattened for
+    per-head hooks ([batch, pos, head, d])."""
+    if act.dim() == 3:
+        return act
+    return act[:, :, head] if head is not None else act.flatten(2)
+
+
+def write_site(act: torch.Tensor, head: int | None, new: torch.Tensor) -> torch.Tensor:
+    """The hook's activation with :func:`read_site`'s view replaced by ``new``."""
+    if act.dim() == 3:
+        return new
+    if head is None:
+        return new.reshape(act.shape)
+    out = act.clone()
+    out[:, :, head] = new
     return out
 
 
@@ -378,7 +426,7 @@ def score_mlp(
         iia = patched_iia(model, bench, test_tokens, layer, var, transforms)
         for method, value in iia.items():
             methods.setdefault(method, {}).setdefault("iia", {})[var] = value
-    out["value_names"] = [f"{v}={_variable(bench, v).value_name(val)}" for v, val in names]
+    out["value_names"] = [f"{v}={value_name(bench, v, val)}" for v, val in names]
     out["methods"] = methods
     return out
 

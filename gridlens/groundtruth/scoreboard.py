@@ -1,0 +1,427 @@
+"""A scoreboard: any method's units at any site, scored against every known variable of
+every ground-truth model.
+
+A *method* gives units at a site: raw neurons (at a linear site such as the residual stream or
+``hook_z``, each dimension gives two units, its positive and its negative part), one-vs-rest
+logistic probes (supervised; unit i is value i's own probe), or a sparse autoencoder of any of
+gridlens's architectures (trained here on the site's activations, or loaded from a SAELens 6
+folder written by any tool). A unit is active where its code is > 0. For each variable:
+
+- ``f1``: the mean over the variable's values of the best unit's detection F1 (rows of other
+  tasks count as negatives);
+- ``iia``: the accuracy against the high-level model with only that variable interchanged,
+  when the units matched to the variable's values (Hungarian matching of all scored values to
+  units; probes: their own) are taken from a source input and everything else is kept (an SAE's
+  error term included);
+- ``purity`` (multi-task models): the share of the matched units' firings that come from the
+  variable's own task, each task weighted equally.
+
+Built-in methods score each variable at the site of their kind (``mlp`` = ``mlp.hook_post``,
+``z`` = ``attn.hook_z`` with all heads flattened, ``resid`` = ``hook_resid_post``) in the layer
+the correspondence puts the variable in; a loaded SAE scores every variable at its own site.
+The ``none`` row is the IIA of interchanging nothing: how often the output does not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gridlens.errors import ConfigError
+from gridlens.groundtruth.scoring import (
+    _acc,
+    f1_matrix,
+    linear_assignment,
+    own_rows,
+    read_site,
+    site_iia,
+    train_probes,
+    value_targets,
+)
+from gridlens.groundtruth.spec import Benchmark
+
+SITE_KINDS = {
+    "mlp": "blocks.{layer}.mlp.hook_post",
+    "z": "blocks.{layer}.attn.hook_z",
+    "resid": "blocks.{layer}.hook_resid_post",
+}
+FORMAT = "gridlens-groundtruth-scoreboard"
+
+
+@dataclass
+class Units:
+    """A method's units at one site: ``codes(x)`` [N, U] (active where > 0) and
+    ``swap(base, source, units)``, the base activation with those units from the source."""
+
+    codes: Callable[[torch.Tensor], torch.Tensor]
+    swap: Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor]
+    own_units: bool = False  # unit i belongs to scored value i (supervised probes)
+
+
+def neuron_units(signed: bool) -> Units:
+    def codes(x):
+        return torch.cat([x, -x], -1) if signed else x
+
+    def swap(a, s, units):
+        dims = sorted({u % a.shape[-1] for u in units})
+        out = a.clone()
+        out[..., dims] = s[..., dims]
+        return out
+
+    return Units(codes, swap)
+
+
+def sae_units(sae) -> Units:
+    """Latents of any SAE with ``encode`` / ``decode`` (error term kept when swapping)."""
+
+    def swap(a, s, units):
+        fa = sae.encode(a)
+        err = a - sae.decode(fa)
+        fa = fa.clone()
+        fa[..., units] = sae.encode(s)[..., units]
+        return sae.decode(fa) + err
+
+    return Units(sae.encode, swap)
+
+
+def probe_units(acts: torch.Tensor, y: torch.Tensor, seed: int) -> Units:
+    w, b = train_probes(acts, y, seed=seed)
+
+    def swap(a, s, units):
+        q, _ = torch.linalg.qr(w[units].t())
+        return a + (s - a) @ q @ q.t()
+
+    return Units(lambda x: x @ w.t() + b, swap, own_units=True)
+
+
+class _RowStore:
+    """Batches of fixed activation rows, drawn with replacement, for :func:`train_sae`."""
+
+    def __init__(self, acts: torch.Tensor, batch_size: int, seed: int):
+        self.acts, self.batch_size = acts, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def peek(self, n: int) -> torch.Tensor:
+        return self.acts[:n]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        return self.acts[
+            torch.randint(len(self.acts), (self.batch_size,), generator=self.generator)
+        ]
+
+
+def train_site_sae(
+    acts: torch.Tensor, arch: str, hook: str, steps: int = 500, k: int = 8, seed: int = 0
+):
+    """An SAE of gridlens's architecture ``arch`` (2 x width latents) trained on ``acts``."""
+    from gridlens.sae.model import SAEConfig
+    from gridlens.sae.train import SAETrainConfig, train_sae
+
+    d_in = acts.shape[1]
+    cfg = SAEConfig(d_in, 2 * d_in, arch, hook, k=min(k, 2 * d_in))
+    batch = min(512, len(acts))
+    train_cfg = SAETrainConfig(
+        tokens=steps * batch,
+        batch_size=batch,
+        seed=seed,
+        device="cpu",
+        progress=False,
+        dead_after_tokens=50 * batch,
+    )
+    return train_sae(None, cfg, train_cfg, store=_RowStore(acts, batch, seed), progress=False)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def collect_site(model, bench: Benchmark, tokens: torch.Tensor, hook: str, head: int | None):
+    """Activations at a site on labelled positions, every variable's values, each row's task."""
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names=[hook])
+    values = bench.run_high_level(tokens)
+    valid = values["output"] >= 0
+    return {
+        "acts": read_site(cache[hook], head)[valid],
+        "task": bench.task_ids(tokens)[:, None].expand_as(valid)[valid],
+        "values": {v: values[v][valid] for v in bench.variable_names},
+    }
+
+
+def targets(bench: Benchmark, fit: dict, test: dict, variables: list[str]):
+    """(y_fit, y_test, value names) over the values of ``variables`` present in both."""
+    y_fit, names_fit = value_targets(bench, {**fit, "values": _pick(fit, variables)})
+    y_test, names_test = value_targets(bench, {**test, "values": _pick(test, variables)})
+    common = [n for n in names_fit if n in names_test]
+    pick_fit = [names_fit.index(n) for n in common]
+    return y_fit[:, pick_fit], y_test[:, [names_test.index(n) for n in common]], common
+
+
+def _pick(data: dict, variables: list[str]) -> dict:
+    return {v: data["values"][v] for v in variables}
+
+
+def matched_units(f1: torch.Tensor, own_units: bool) -> list[int | None]:
+    """The unit matched to each value (row of ``f1``): Hungarian, or the value's own probe."""
+    if own_units:
+        return list(range(f1.shape[0]))
+    matched = dict(linear_assignment(f1.numpy()))
+    return [matched.get(i) for i in range(f1.shape[0])]
+
+
+def purity(active: torch.Tensor, task: torch.Tensor, n_tasks: int, units: list[int], k: int):
+    """Share of the units' firings that come from task ``k``, each task's rows weighted
+    equally; None for one task, the task-id variable or units that never fire."""
+    if n_tasks < 2 or k < 0 or not units:
+        return None
+    rates = torch.stack([active[task == t][:, units].float().mean(0) for t in range(n_tasks)])
+    alive = rates.sum(0) > 0
+    if not bool(alive.any()):
+        return None
+    return float((rates[k, alive] / rates[:, alive].sum(0)).mean())
+
+
+def score_units(model, bench, units: Units, fit, test, test_tokens, site, variables) -> dict:
+    """Cells {variable: {f1, iia, purity, units, site}} for one method at one site."""
+    _y_fit, y_test, names = targets(bench, fit, test, variables)
+    active = units.codes(test["acts"]) > 0
+    f1 = f1_matrix(y_test, active)
+    match = matched_units(f1, units.own_units)
+    best = f1.diagonal() if units.own_units else f1.max(1).values
+    cells = {}
+    for var in variables:
+        rows = [i for i, (v, _value) in enumerate(names) if v == var]
+        chosen = sorted({match[i] for i in rows if match[i] is not None})
+        with torch.no_grad():
+            iia = site_iia(
+                model,
+                bench,
+                test_tokens,
+                var,
+                {"units": lambda a, s, u=chosen: units.swap(a, s, u)},
+                *site,
+            )["units"]
+        k = _task_of(bench, var)
+        cells[var] = {
+            "f1": float(best[rows].mean()) if rows else None,
+            "iia": iia,
+            "purity": purity(active, test["task"], len(bench.tasks), chosen, k),
+            "units": chosen,
+            "site": site[0] + (f"[head {site[1]}]" if site[1] is not None else ""),
+        }
+    return cells
+
+
+def _task_of(bench: Benchmark, var: str) -> int:
+    return -1 if var == "task" else [t.name for t in bench.tasks].index(var.split(".")[0])
+
+
+def none_iia(model, bench: Benchmark, tokens: torch.Tensor, var: str) -> float:
+    """IIA with nothing interchanged: how often interchanging ``var`` leaves the output alone."""
+    own = tokens[own_rows(bench, var, bench.task_ids(tokens))]
+    mask = torch.ones(len(own), dtype=torch.bool)
+    src = torch.roll(own, 1, 0)
+    target = bench.run_high_level(own, {var: (mask, bench.run_high_level(src)[var])})["output"]
+    with torch.no_grad():
+        logits = model(own)
+    return _acc(logits, target, bench.task_ids(own), len(bench.tasks))[0]
+
+
+def home_layer(bench: Benchmark, var: str) -> int:
+    return bench.correspondence[var].layer
+
+
+def check_kinds(kinds: list[str]) -> None:
+    bad = [k for k in kinds if k not in SITE_KINDS]
+    if bad or not kinds:
+        raise ConfigError(f"sites {bad or kinds}: expected some of {sorted(SITE_KINDS)}")
+
+
+def out_paths(out: Path) -> dict[str, Path]:
+    return {ext: out / f"scoreboard.{ext}" for ext in ("json", "md", "png")}
+
+
+# ----------------------------------------------------------------------------- the board
+
+
+@dataclass
+class LoadedSAE:
+    """An SAE loaded from a SAELens 6 folder, for the benchmark ``bench`` (None: any it fits)."""
+
+    name: str
+    sae: object
+    hook: str
+    head: int | None
+    bench: str | None
+
+
+def load_user_sae(spec: str) -> LoadedSAE:
+    """``[BENCH=]PATH`` to a SAELens 6 folder (ours, or written by SAELens or another tool)."""
+    from gridlens.sae.io import load_sae, read_sae_cfg
+
+    bench, _, path = spec.rpartition("=")
+    sae = load_sae(path)
+    head = (read_sae_cfg(path).get("metadata") or {}).get("hook_head_index")
+    return LoadedSAE(path, sae, sae.cfg.hook_name, head, bench or None)
+
+
+def _fits(model, bench_name: str, s: LoadedSAE, tokens: torch.Tensor) -> bool:
+    if s.bench is not None and s.bench != bench_name:
+        return False
+    if s.hook not in model.hook_names:
+        width = None
+    else:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(tokens[:1], names=[s.hook])
+        width = read_site(cache[s.hook], s.head).shape[-1]
+    if width == s.sae.cfg.d_in:
+        return True
+    if s.bench is not None:
+        raise ConfigError(
+            f"SAE {s.name}: {s.hook} (head {s.head}) of {bench_name} has width {width}, the SAE "
+            f"reads d_in={s.sae.cfg.d_in}"
+        )
+    return False
+
+
+def _builtin(kind: str, fit: dict, y_fit: torch.Tensor, hook: str, archs, steps, k, seed):
+    methods = {
+        "neurons": neuron_units(signed=kind != "mlp"),
+        "probe": probe_units(fit["acts"], y_fit, seed),
+    }
+    for arch in archs:
+        sae = train_site_sae(fit["acts"], arch, hook, steps=steps, k=k, seed=seed)
+        methods[f"sae-{arch}"] = sae_units(sae)
+    return methods
+
+
+def score_benchmark(name, model, bench, cfg: dict, user_saes: list[LoadedSAE], log) -> dict:
+    """{row label: {variable: cell}} for one model: built-in methods per site kind and layer,
+    the loaded SAEs that fit it, and the `none` reference."""
+    import numpy as np
+
+    rng = np.random.default_rng(cfg["seed"])
+    fit_tokens, _ = bench.generate(cfg["n_per_task"] // 2, rng)
+    test_tokens, _ = bench.generate(cfg["n_per_task"] - cfg["n_per_task"] // 2, rng)
+    rows: dict[str, dict] = {"none": {}}
+    for var in bench.variable_names:
+        rows["none"][var] = {"iia": none_iia(model, bench, test_tokens, var)}
+    layers: dict[int, list[str]] = {}
+    for var in bench.variable_names:
+        layers.setdefault(home_layer(bench, var), []).append(var)
+    for kind in cfg["sites"]:
+        for layer, variables in sorted(layers.items()):
+            hook = SITE_KINDS[kind].format(layer=layer)
+            fit = collect_site(model, bench, fit_tokens, hook, None)
+            test = collect_site(model, bench, test_tokens, hook, None)
+            y_fit = targets(bench, fit, test, variables)[0]
+            args = (cfg["train_saes"], cfg["sae_steps"], cfg["sae_k"], cfg["seed"])
+            for method, units in _builtin(kind, fit, y_fit, hook, *args).items():
+                cells = score_units(
+                    model, bench, units, fit, test, test_tokens, (hook, None), variables
+                )
+                rows.setdefault(f"{method} · {kind}", {}).update(cells)
+            log(f"{name}: {kind} layer {layer} scored")
+    for s in user_saes:
+        if _fits(model, name, s, test_tokens):
+            test = collect_site(model, bench, test_tokens, s.hook, s.head)
+            label = f"{s.name} · {s.hook}" + (f"[{s.head}]" if s.head is not None else "")
+            rows[label] = score_units(
+                model,
+                bench,
+                sae_units(s.sae),
+                test,
+                test,
+                test_tokens,
+                (s.hook, s.head),
+                bench.variable_names,
+            )
+    return rows
+
+
+def scoreboard(runs: dict, cfg: dict, user_saes: list[LoadedSAE], log=print) -> dict:
+    """The board over ``runs`` ({name: (model, benchmark)}): columns are (benchmark, variable),
+    rows methods; a row's cell is None where the method does not apply to that model."""
+    columns, by_row = [], {}
+    for name, (model, bench) in runs.items():
+        for var in bench.variable_names:
+            home = bench.correspondence[var].label
+            columns.append(
+                {"key": f"{name}/{var}", "benchmark": name, "variable": var, "home": home}
+            )
+        for label, cells in score_benchmark(name, model, bench, cfg, user_saes, log).items():
+            row = by_row.setdefault(label, {})
+            row.update({f"{name}/{var}": cell for var, cell in cells.items()})
+    unused = [s.name for s in user_saes if not any(r.startswith(f"{s.name} · ") for r in by_row)]
+    if unused:
+        raise ConfigError(f"SAE(s) {unused} fit none of the models {list(runs)} (site or width)")
+    rows = [
+        {"method": label, "cells": [cells.get(c["key"]) for c in columns]}
+        for label, cells in by_row.items()
+    ]
+    return {"format": FORMAT, "version": 1, "config": cfg, "columns": columns, "rows": rows}
+
+
+def markdown(board: dict) -> str:
+    """One table: methods as rows, benchmark/variable as columns; cells `F1 / IIA [/ purity]`."""
+    head = [
+        f"{c['benchmark']}/{c['variable'].removeprefix(c['benchmark'] + '.')} ({c['home']})"
+        for c in board["columns"]
+    ]
+    lines = [
+        "Cells: best-unit F1 / IIA of interchanging the matched units / task purity (multi-task "
+        "models); `none`: IIA with nothing interchanged. Column: benchmark/variable (its site).",
+        "",
+        "| method | " + " | ".join(head) + " |",
+        "| --- |" + " --- |" * len(head),
+    ]
+    for row in board["rows"]:
+        lines.append(f"| {row['method']} | " + " | ".join(_cell(c) for c in row["cells"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(cell: dict | None) -> str:
+    if cell is None:
+        return ""
+    parts = [cell.get(k) for k in ("f1", "iia", "purity")]
+    text = [("–" if v is None else f"{v:.2f}") for v in parts]
+    return " / ".join(text if parts[2] is not None else text[:2])
+
+
+def matrix(board: dict, metric: str):
+    """[rows, columns] of one metric, nan where missing."""
+    import numpy as np
+
+    return np.array(
+        [
+            [np.nan if c is None or c.get(metric) is None else c[metric] for c in r["cells"]]
+            for r in board["rows"]
+        ]
+    )
+
+
+def figure(board: dict, path: Path | None = None):
+    """Heatmaps of F1, IIA and purity (rows: methods; columns: benchmark/variable)."""
+    from gridlens.plotting import pyplot, save_figure
+
+    plt = pyplot()
+    n_rows, n_cols = len(board["rows"]), len(board["columns"])
+    metrics = ("f1", "iia", "purity")
+    fig, axes = plt.subplots(3, 1, figsize=(3 + 0.45 * n_cols, 3 * (1.5 + 0.28 * n_rows)))
+    for ax, metric in zip(axes, metrics, strict=True):
+        im = ax.imshow(matrix(board, metric), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set_yticks(range(n_rows), [r["method"] for r in board["rows"]], fontsize=7)
+        ax.set_xticks(
+            range(n_cols), [c["key"] for c in board["columns"]], rotation=70, ha="right", fontsize=6
+        )
+        ax.set_title(metric, fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.02)
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path)
+    return fig
