@@ -65,19 +65,3 @@ def needs_mlp(model: GridGPT, layer: int) -> GridGPT:
         model.unembed.bias[0] = -BACKGROUND_BIAS
         model.blocks[layer].mlp.fc_out.bias[TOKEN_DIMS[0]] = BACKGROUND_BIAS / 4.0
     return model
-
-
-def identity_sae(hook_name: str, d: int = D):
-    """A ReLU SAE with 2d latents reconstructing exactly: latent j < d is relu(x_j), latent
-    d + j is relu(-x_j); the decoder puts them back."""
-    from gridlens.sae.model import SAEConfig, SparseAutoencoder
-
-    cfg = SAEConfig(d_in=d, d_sae=2 * d, architecture="relu", hook_name=hook_name)
-    sae = SparseAutoencoder(cfg)
-    eye = torch.eye(d)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], 1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], 0))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae.eval()

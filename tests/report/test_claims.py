@@ -10,7 +10,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from constructed import BACKGROUND_BIAS, TOKEN_DIMS, copy_model, identity_sae, needs_mlp
+from constructed import BACKGROUND_BIAS, TOKEN_DIMS, D, copy_model, needs_mlp
 
 from gridlens.analysis.ablation import ablate
 from gridlens.analysis.attention import classify_heads
@@ -19,6 +19,7 @@ from gridlens.report import claims as c
 from gridlens.report import mlp_claims as m
 from gridlens.report import sae_claims as s
 from gridlens.sae.steering import rule_validity
+from tests.sae.sae_feature_helpers import identity_sae
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +146,7 @@ def mlp_case(quizzes):
     """The copy model whose MLP 1 writes the background logit back (see needs_mlp), an exact
     SAE on that MLP, and the study: zeroing the MLP breaks every quiz (all have background)."""
     model = needs_mlp(copy_model(offset=100, layer=0, n_layers=2), layer=1)
-    sae = identity_sae("blocks.1.hook_mlp_out")
+    sae = identity_sae(D, "blocks.1.hook_mlp_out")
     return model, sae, m.study(model, 1, quizzes)
 
 
