@@ -332,8 +332,6 @@ class _Run:
             self.interrupted(self.step_reached)
             raise
         self.train_seconds = time.perf_counter() - self.began
-        if self.bar is not None:
-            self.bar.close()
         if step != self.last_saved:
             self.save_state(step)
         return step
@@ -353,7 +351,7 @@ class _Run:
         cfg = self.cfg
         calibrate_at = cfg.warmup_steps // 2 if cfg.time_budget else -1
         timed_from = max(step, calibrate_at // 2)
-        timer = self.synchronized_clock() if step == timed_from else None
+        timer = self.synchronized_clock() if step == timed_from < calibrate_at else None
         if (self.device.type == "cuda" or cfg.data_workers) and step < self.end():
             workers = cfg.data_workers or min(8, max(1, (os.cpu_count() or 2) // 2))
             self.prefetch = Prefetcher(self.stream, step, self.end(), self.device, workers)
