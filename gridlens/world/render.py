@@ -44,7 +44,9 @@ LINE_RGB = (200, 200, 200)
 FRAME_RGB = (0, 0, 0)
 """The frame around a predicted grid."""
 HIGHLIGHT_RGB = (255, 0, 255)
-"""The outline of a highlighted cell (magenta: not a palette colour)."""
+"""The inner ring of a highlighted cell's outline (magenta: not a palette colour)."""
+HIGHLIGHT_EDGE_RGB = (0, 0, 0)
+"""The outer ring, drawn over the cell's grid lines: it sets the outline apart from violet."""
 TEXT_RGB = (0, 0, 0)
 PLAIN_CHARS = ".123456789X"
 """Terminal characters of colours 0..10 when colour is off."""
@@ -277,6 +279,21 @@ def image_layout(
     return layout
 
 
+def _outline(pixels: np.ndarray, highlight: np.ndarray, cell: int) -> None:
+    """Outline the highlighted cells in place: a black ring over the cell's grid lines and a
+    magenta ring one pixel inside, so that most of the cell keeps its colour visible."""
+    span = np.arange(cell + 1)
+    line = (span == 0) | (span == cell)  # the grid lines around a cell
+    inner = (span == 1) | (span == cell - 1)
+    edge = line[:, None] | line[None, :]
+    ring = (inner[:, None] | inner[None, :]) & ~edge
+    for *quiz_slot, row, col in zip(*np.nonzero(highlight), strict=True):
+        y, x = row * cell, col * cell
+        block = pixels[(*quiz_slot, slice(y, y + cell + 1), slice(x, x + cell + 1))]
+        block[edge] = HIGHLIGHT_EDGE_RGB
+        block[ring] = HIGHLIGHT_RGB
+
+
 def render_image(
     quizzes,
     *,
@@ -289,7 +306,7 @@ def render_image(
 ) -> Image.Image:
     """A Pillow image of the quizzes: one row of four labelled grids per quiz, `columns` quizzes
     side by side (default: one column up to 8 quizzes, more beyond), cells `cell` pixels wide
-    with grid lines, predicted grids framed in black, highlighted cells outlined in magenta and
+    with grid lines, predicted grids framed in black, highlighted cells outlined and
     a caption under each quiz (`captions`: one string per quiz, None, or "auto": task and
     structure for a QuizBatch). height/width: the grid size when tokens alone cannot tell.
     `image_layout` with the same options says where each cell is."""
@@ -307,14 +324,7 @@ def render_image(
     pixels[:, :, ::cell, :] = LINE_RGB
     pixels[:, :, :, ::cell] = LINE_RGB
     if q.highlight is not None:
-        t = max(1, round(cell / 7))  # outline thickness, inside the cell
-        inside = np.arange(cell)
-        edge = (inside >= 1) & ((inside <= t) | (inside >= cell - t))  # [cell] border rows
-        ring = (edge[:, None] | edge[None, :]) & (inside >= 1)[:, None] & (inside >= 1)[None, :]
-        tile = np.pad(np.tile(ring, (h, w)), ((0, 1), (0, 1)))  # [gh, gw]
-        big = q.highlight.repeat(cell, axis=2).repeat(cell, axis=3)
-        big = np.pad(big, ((0, 0), (0, 0), (0, 1), (0, 1)))
-        pixels[big & tile] = HIGHLIGHT_RGB
+        _outline(pixels, q.highlight, cell)
 
     total_w, total_h = layout.size
     canvas = np.full((total_h, total_w, 3), 255, dtype=np.uint8)

@@ -14,6 +14,7 @@ from gridlens.errors import ConfigError, TokenError
 from gridlens.world import STRUCTURES, generate
 from gridlens.world.render import (
     FRAME_RGB,
+    HIGHLIGHT_EDGE_RGB,
     HIGHLIGHT_RGB,
     PLAIN_CHARS,
     image_layout,
@@ -89,13 +90,17 @@ def test_highlight_outlines_exactly_the_asked_cells(mixed):
         x0, y0, x1, y1 = layout.cell_box(i, s, r, c)
         assert tuple(pixels[y0, (x0 + x1) // 2]) == HIGHLIGHT_RGB  # top edge of the cell
         assert tuple(pixels[(y0 + y1) // 2, x1]) == HIGHLIGHT_RGB  # right edge
+        assert tuple(pixels[y0 - 1, (x0 + x1) // 2]) == HIGHLIGHT_EDGE_RGB  # over the line
+        assert tuple(pixels[(y0 + y1) // 2, x1 + 1]) == HIGHLIGHT_EDGE_RGB
         token = mixed.tokens[i].reshape(4, 101)[s, 1 + 10 * r + c]
-        assert tuple(pixels[(y0 + y1) // 2, (x0 + x1) // 2]) == tuple(COLOR_RGB[token])
+        # Only a one-pixel ring of the cell is covered: its colour shows everywhere else.
+        interior = pixels[y0 + 1 : y1, x0 + 1 : x1].reshape(-1, 3)
+        assert (interior == COLOR_RGB[token]).all()
     changed = np.any(pixels != plain, axis=-1)
     boxes = [layout.cell_box(0, 2, 3, 4), layout.cell_box(5, 0, 0, 0)]
     inside = np.zeros_like(changed)
-    for x0, y0, x1, y1 in boxes:
-        inside[y0 : y1 + 1, x0 : x1 + 1] = True
+    for x0, y0, x1, y1 in boxes:  # the cell and the grid lines around it
+        inside[y0 - 1 : y1 + 2, x0 - 1 : x1 + 2] = True
     assert changed.any() and not (changed & ~inside).any()
 
     # The same mask given per token [n, L] draws the same picture.
