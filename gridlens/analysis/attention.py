@@ -367,7 +367,8 @@ def plot_pattern(model, tokens: torch.Tensor, head: str, path, query: int | None
         ax.add_patch(box)
     fig.colorbar(image, cax=fig.add_subplot(spec[1, 4]), label="attention weight")
     thumb = fig.add_subplot(spec[:, 6])
-    thumb.imshow(np.log10(pattern.numpy() + 1e-4), cmap="viridis", vmin=-4, vmax=0)
+    whole = thumb.imshow(np.log10(pattern.numpy() + 1e-4), cmap="viridis", vmin=-4, vmax=0)
+    fig.colorbar(whole, ax=thumb, fraction=0.04, label="log10 attention weight")
     thumb.axhline(q, color="red", lw=0.6)
     for g in range(1, 4):
         thumb.axvline(g * grid_len + 0.5, color="white", lw=0.3)
