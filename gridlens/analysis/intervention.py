@@ -140,7 +140,12 @@ class InterventionResult:
             fig.colorbar(image, ax=ax, shrink=0.7, label="first errors")
         for ax in list(axes.flat)[len(maps) :]:
             ax.axis("off")
-        fig.suptitle("where generation first goes wrong under the intervention", fontsize=10)
+        fig.suptitle(
+            "where generation first goes wrong with "
+            f"{', '.join(self.hooks) or 'no hook'} intervened (panel: clean -> intervened "
+            "accuracy, cells right)",
+            fontsize=10,
+        )
         fig.tight_layout()
         atomic_write(path, lambda handle: fig.savefig(handle, format="png"))
         plt.close(fig)
