@@ -27,7 +27,7 @@ test: install
 	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
 		apt-get update -qq && apt-get install -y -qq chromium chromium-driver; fi
 	$(BIN)/ruff check .
-	GRIDLENS_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q
+	GRIDLENS_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q --durations=15
 
 lint: install
 	$(BIN)/ruff check .

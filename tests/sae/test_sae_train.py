@@ -98,7 +98,9 @@ def test_recovers_known_dictionary(arch):
     ev = 1 - (x - recon).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
     assert ev > 0.8
     l0 = float((latents > 0).sum(-1).float().mean())
-    assert l0 < 8, l0
+    # The source draws exactly 3 atoms per row. TopK caps L0 at k=3 by construction, so for it
+    # the check that can fail is the floor: latents that died or never fire would lower it.
+    assert l0 > 2.5 if arch in ("topk", "batchtopk") else 1.0 < l0 < 8, l0
     if arch == "batchtopk":
         assert float(sae.threshold) > 0  # the inference threshold was set
 
