@@ -582,7 +582,11 @@ def test_none_and_whole_mlp_transforms_give_known_iia(tiny):
     """Scoring invariants: the 'none' transform's IIA is the clean prediction's agreement with
     the high-level counterfactual, and swapping the whole MLP (every hook_post unit) gives the
     per-node IIA that iit.evaluate reports for that MLP's node."""
-    b, model, x = tiny
+    b, _model, x = tiny
+    model = iit.make_model(b, seed=0).eval()
+    with torch.no_grad():  # a loud MLP0, so wrong source units change predictions
+        model.blocks[0].mlp.fc_in.weight.mul_(30)
+        model.blocks[0].mlp.fc_out.weight.mul_(300)
     res = iit.evaluate(model, b, x)
     perm = torch.roll(torch.arange(len(x)), 1)
     vals = b.run_high_level(x)
