@@ -1,6 +1,7 @@
 """Attribution patching: AtP is the first-order term of activation patching (checked by finite
 differences in float64), AtP*'s QK-fixed head estimate is the explicit pattern/value formula,
-GradDrop leaves last-layer components alone, and AtP's head ranking agrees with the sweep."""
+GradDrop leaves last-layer components alone and matches a detach-hook reference before it,
+atp-qkv is the linear estimate in q, k and v, and AtP's head ranking agrees with the sweep."""
 
 from __future__ import annotations
 
@@ -122,3 +123,72 @@ def test_compare_known_answers(model64, pairs):
         compare(r, other)
     with pytest.raises(GridlensError, match="did you mean"):
         attribution_patching(model64, pairs, "heads", method="atp+")
+
+
+def _reference_grad(model, pairs, hook_name, drop):
+    """(dm/dact, act) on the corrupted run by hand: the activation kept by a forward hook and
+    blocks.`drop`'s attention and MLP outputs detached (drop=None: nothing dropped)."""
+    clean, corrupted = as_tokens(pairs)
+    kept = {}
+
+    def keep(act, hook):
+        kept["act"] = act
+        return act
+
+    hooks = [(hook_name, keep)]
+    if drop is not None:
+        for part in ("attn_out", "mlp_out"):
+            hooks.append((f"blocks.{drop}.hook_{part}", lambda act, hook: act.detach()))
+    with torch.enable_grad():
+        logits = model.run_with_hooks(corrupted, fwd_hooks=hooks)
+        m = answer_logprob(logits[:, 304:], clean[:, 304:])
+        (grad,) = torch.autograd.grad(m.sum(), [kept["act"]])
+    return grad, kept["act"].detach()
+
+
+def test_grad_drop_before_the_last_layer_matches_a_detach_hook_reference(model64, pairs):
+    """AtP* on neurons (no softmax: GradDrop only) equals sign(est) * mean_l |est_l| with est_l
+    from hand-written detach hooks, for components read first by blocks 1, 2 and 3."""
+    clean, _ = as_tokens(pairs)
+    m_x = patched_logprob(model64, pairs).numpy()
+    m_c = patched_logprob(model64, PairSet(pairs.clean, pairs.clean, "same")).numpy()
+    comps = {"L0N12": (0, 12), "L1N3": (1, 3), "L2N212": (2, 212)}  # neurons that differ
+    star = attribution_patching(model64, pairs, list(comps), method="atp*")
+    n_layers = model64.cfg.n_layers
+    for name, (layer, index) in comps.items():
+        hook = f"blocks.{layer}.mlp.hook_post"
+        _, cache_c = model64.run_with_cache(clean, names=hook)
+
+        def est(drop, hook=hook, index=index, target=cache_c[hook]):
+            grad, act = _reference_grad(model64, pairs, hook, drop)
+            return (grad[..., index] * (target[..., index] - act[..., index])).sum(1)
+
+        plain = est(None)
+        per_layer = [est(lay) if lay > layer else plain for lay in range(n_layers)]
+        assert any(not torch.allclose(e, plain) for e in per_layer)  # dropping matters here
+        ref = torch.sign(plain) * torch.stack(per_layer).abs().sum(0) / n_layers
+        want = normalised_scores(m_x[None] + ref.numpy()[None], m_c, m_x, pairs.tasks)
+        for task in want:
+            np.testing.assert_allclose(star.score(name, task), want[task][0], rtol=1e-6)
+
+
+def test_atp_qkv_is_the_linear_estimate_in_q_k_and_v(model64, pairs):
+    """method="atp-qkv" runs and equals sum over q, k, v of dm/da . (a_c - a_x) per head."""
+    clean, corrupted = as_tokens(pairs)
+    layer = 2
+    names = [f"blocks.{layer}.attn.hook_{x}" for x in "qkv"]
+    _, cache_c = model64.run_with_cache(clean, names=names)
+    with torch.enable_grad():
+        logits, cache_x = model64.run_with_cache(corrupted, names=names, detach=False)
+        m = answer_logprob(logits[:, 304:], clean[:, 304:])
+        grads = torch.autograd.grad(m.sum(), [cache_x[h] for h in names])
+    diffs = [cache_c[h] - cache_x[h].detach() for h in names]
+    est = sum((g * d).sum((1, 3)) for g, d in zip(grads, diffs, strict=True))  # [n, heads]
+    m_x = m.detach().numpy()
+    m_c = patched_logprob(model64, PairSet(pairs.clean, pairs.clean, "same")).numpy()
+    heads = [f"L{layer}H{h}" for h in range(model64.cfg.n_heads)]
+    qkv = attribution_patching(model64, pairs, heads, method="atp-qkv")
+    want = normalised_scores(m_x[None] + est.numpy().T, m_c, m_x, pairs.tasks)
+    np.testing.assert_allclose(qkv.scores["all"], want["all"], rtol=1e-6, atol=1e-9)
+    star = attribution_patching(model64, pairs, heads, method="atp*", grad_drop=False)
+    assert not np.allclose(qkv.scores["all"], star.scores["all"])  # the QK fix changes it

@@ -17,6 +17,7 @@ from gridlens.groundtruth.scoring import (
     class_mean_subspace,
     f1_matrix,
     linear_assignment,
+    patched_iia,
     roc_auc,
     score_mlp,
     task_purity,
@@ -575,3 +576,35 @@ def test_scoring_and_circuit_discovery_run_on_tiny_model(tiny):
     c = circuit_discovery(model, b, x)
     assert len(c["components"]) == 10 and sum(c["in_circuit"]) == 4
     assert not math.isnan(c["auc_atp"])
+
+
+def test_none_and_whole_mlp_transforms_give_known_iia(tiny):
+    """Scoring invariants: the 'none' transform's IIA is the clean prediction's agreement with
+    the high-level counterfactual, and swapping the whole MLP (every hook_post unit) gives the
+    per-node IIA that iit.evaluate reports for that MLP's node."""
+    b, _model, x = tiny
+    model = iit.make_model(b, seed=0).eval()
+    with torch.no_grad():  # a loud MLP0, so wrong source units change predictions
+        model.blocks[0].mlp.fc_in.weight.mul_(30)
+        model.blocks[0].mlp.fc_out.weight.mul_(300)
+    res = iit.evaluate(model, b, x)
+    perm = torch.roll(torch.arange(len(x)), 1)
+    vals = b.run_high_level(x)
+    src_vals = {k: v[perm] for k, v in vals.items()}
+    with torch.no_grad():
+        pred = model(x).argmax(-1)
+    checked = 0
+    for i, node in enumerate(b.nodes):
+        if node.site.hook != "blocks.0.hook_mlp_out":
+            continue
+        var = node.variables[0]
+        masks = [torch.full((len(x),), j == i) for j in range(len(b.nodes))]
+        target = iit.hl_interchange(b, x, src_vals, masks)
+        valid = target >= 0
+        agreement = float((pred == target)[valid].float().mean())
+        transforms = {"none": lambda a, s: a, "whole_mlp": lambda a, s: s}
+        iia = patched_iia(model, b, x, 0, var, transforms)
+        assert iia["none"] == pytest.approx(agreement)
+        assert iia["whole_mlp"] == pytest.approx(res["iia_per_node"][node.label])
+        checked += 1
+    assert checked == 1
