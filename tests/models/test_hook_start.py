@@ -2,14 +2,15 @@
 
 import torch
 
-from gridlens.models import GridGPT
+from gridlens.models import last_grid_positions
 
 
-def test_hook_start_matches_absolute_positions_during_cached_generation():
-    model = GridGPT("tiny", seed=0).eval()
-    tokens = torch.randint(0, 11, (3, 404), generator=torch.Generator().manual_seed(0))
-    tokens[:, ::101] = torch.tensor([11, 12, 13, 14])
-    zero_at = 350  # ablate the MLP output at one absolute position only
+def test_hook_start_matches_absolute_positions_during_cached_generation(tiny, quizzes):
+    """`tiny` is the structured test model (non-trivial, quiz-dependent output), so an
+    ablation inside the generated grid must change the completion; cached and uncached
+    decoding must agree on that changed completion."""
+    tokens = quizzes[:8]
+    zero_at = last_grid_positions(tokens.shape[1]).start + 3  # one absolute generated position
 
     def ablate(x, hook):
         p = zero_at - hook.start
@@ -18,8 +19,10 @@ def test_hook_start_matches_absolute_positions_during_cached_generation():
             x[:, p] = 0
         return x
 
-    hooks = [("blocks.0.hook_mlp_out", ablate)]
-    with model.hooks(hooks):
-        cached = model.complete(tokens)
-        uncached = model.complete(tokens, use_cache=False)
+    clean = tiny.complete(tokens)
+    with tiny.hooks([("blocks.0.hook_mlp_out", ablate)]):
+        cached = tiny.complete(tokens)
+        uncached = tiny.complete(tokens, use_cache=False)
+    assert not torch.equal(cached, clean)  # the ablation reached the decoded positions
+    assert torch.equal(cached[:, :zero_at], clean[:, :zero_at])  # causal: nothing earlier changes
     assert torch.equal(cached, uncached)

@@ -11,6 +11,7 @@ from gridlens.analysis.core import quiz_set
 from gridlens.errors import ConfigError
 from gridlens.models.checkpoints import load
 from gridlens.models.generate import generate, last_grid_positions
+from gridlens.models.hooks import HookPoint
 from gridlens.sae.model import SAEConfig, SparseAutoencoder
 from gridlens.sae.splice import splice_hooks
 
@@ -47,6 +48,25 @@ def test_identity_sae_on_hook_z_flattens_heads(model, tokens):
 def test_keep_error_without_edit_changes_nothing(model, tokens, arch):
     hooks = splice_hooks(random_sae(arch=arch), keep_error=True)
     assert torch.equal(model.run_with_hooks(tokens, fwd_hooks=hooks), model(tokens))
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "jumprelu", "relu"])
+def test_keep_error_adds_back_the_error_of_an_edited_reconstruction(model, tokens, arch):
+    """With keep_error the SAE runs: the result is decode(edit(latents)) + (x - decode(latents)),
+    checked on an edit that removes every latent (so the output must differ from x), and an
+    identity edit must leave the logits unchanged."""
+    sae = random_sae(arch=arch)
+    x = 3.0 * torch.randn(2, 7, 128, generator=torch.Generator().manual_seed(1))
+    [(_, zero_all)] = splice_hooks(sae, keep_error=True, edit=torch.zeros_like)
+    with torch.no_grad():
+        out = zero_all(x, HookPoint(SITE))
+        error = x - sae.decode(sae.encode(x))
+        expected = sae.decode(torch.zeros(2, 7, 256)) + error
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+    assert (out - x).abs().max() > 1e-2
+    hooks = splice_hooks(sae, keep_error=True, edit=lambda latents: latents)
+    spliced = model.run_with_hooks(tokens, fwd_hooks=hooks)
+    torch.testing.assert_close(spliced, model(tokens), atol=1e-5, rtol=1e-5)
 
 
 def test_a_random_sae_changes_the_logits(model, tokens):
