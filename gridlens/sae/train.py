@@ -463,7 +463,7 @@ class SAERun:
 def make_store(model, sae_cfg: SAEConfig, train_cfg: SAETrainConfig, device, world=None):
     """The ActivationStore train_cfg describes; under torchrun each rank streams its own quizzes
     (`rank`) and yields its share of the batch."""
-    world = world or dd.Dist()
+    world, device = world or dd.Dist(), torch.device(device)
     return ActivationStore(
         model,
         sae_cfg.hook_name,
