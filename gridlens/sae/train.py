@@ -45,6 +45,7 @@ import torch
 from gridlens.errors import CheckpointError, ConfigError, unknown_name
 from gridlens.io import atomic_write
 from gridlens.sae.activations import ActivationStore, site_width
+from gridlens.sae.cache import ActivationCache, CachedStore
 from gridlens.sae.gated import build_sae, gated_latents
 from gridlens.sae.model import SAEConfig, SparseAutoencoder, jump_step
 from gridlens.sae.sparse import batch_topk_encode, sparse_decode, topk_encode
@@ -102,6 +103,7 @@ class SAETrainConfig:
     buffer_quizzes: int = 512
     model_batch: int = 128
     seed: int = 0
+    cache: str | None = None  # read activations from this cache (gridlens.sae.cache) instead
     # running
     device: str = "auto"
     dtype: str = "auto"  # autocast of the model forward: bf16 by default on CUDA
@@ -461,9 +463,12 @@ class SAERun:
 
 
 def make_store(model, sae_cfg: SAEConfig, train_cfg: SAETrainConfig, device, world=None):
-    """The ActivationStore train_cfg describes; under torchrun each rank streams its own quizzes
-    (`rank`) and yields its share of the batch."""
+    """The ActivationStore train_cfg describes (or, with `train_cfg.cache`, a CachedStore);
+    under torchrun each rank streams its own quizzes (or shards) and yields its share of the
+    batch."""
     world, device = world or dd.Dist(), torch.device(device)
+    if train_cfg.cache is not None:
+        return cached_store(sae_cfg, train_cfg, world)
     return ActivationStore(
         model,
         sae_cfg.hook_name,
@@ -478,6 +483,20 @@ def make_store(model, sae_cfg: SAEConfig, train_cfg: SAETrainConfig, device, wor
         device=device,
         autocast_dtype=_autocast_dtype(train_cfg.dtype, device),
         rank=world.rank,
+    )
+
+
+def cached_store(sae_cfg: SAEConfig, train_cfg: SAETrainConfig, world=None) -> CachedStore:
+    """The store reading `train_cfg.cache`, checked against the SAE's site and width."""
+    world = world or dd.Dist()
+    cache = ActivationCache(train_cfg.cache)
+    if (cache.hook_name, cache.d_in) != (sae_cfg.hook_name, sae_cfg.d_in):
+        raise ConfigError(
+            f"{cache.path}: activations of {cache.hook_name} (width {cache.d_in}), but the SAE "
+            f"reads {sae_cfg.hook_name} (width {sae_cfg.d_in})"
+        )
+    return cache.store(
+        train_cfg.batch_size // world.world_size, rank=world.rank, world=world.world_size
     )
 
 
@@ -704,8 +723,10 @@ def start_run(
     """A run ready for its first (or next) step: the process group joined under torchrun, the
     model checked, the store built, and the state resumed or initialised from the data."""
     device = _resolve_device(train_cfg.device)
-    if model is None and store is None:
-        raise ConfigError("train_sae needs a model (to stream activations from) or a store")
+    if model is None and store is None and train_cfg.cache is None:
+        raise ConfigError(
+            "train_sae needs a model (to stream activations from), a store or a cache"
+        )
     world = dd.setup(device)
     _check_world(train_cfg, world)
     state = _prepare(out, sae_cfg, train_cfg, resume)
@@ -772,7 +793,7 @@ def train_sae(
     """Train an SAE at `sae_cfg.hook_name` of `model` on freshly generated quizzes.
 
     store: any iterator of [batch_size, d_in] batches with state_dict()/load_state_dict()
-    (default: an ActivationStore built from train_cfg; `ActivationCache.store` reads a cache).
+    (default: an ActivationStore built from train_cfg, or the cache train_cfg.cache names).
     stop_after: stop once this many steps are done, after checkpointing, as if killed there
     (tests; chunked runs); the SAE returned then is the unfolded training state. initial_state:
     SAE weights to start from instead of the seeded initialisation (b_dec is still initialised
