@@ -120,6 +120,7 @@ def train_command(
     from gridlens.sae.cache import ActivationCache
     from gridlens.sae.train import train_sae
     from gridlens.training import checkpoint as ckpt
+    from gridlens.training import distributed as dd
 
     if threads:
         torch.set_num_threads(threads)
@@ -169,7 +170,12 @@ def train_command(
     )
     sae_cfg = sae_config_cls.from_dict(sae_fields)
     start = time.perf_counter()
-    train_sae(model, sae_cfg, train_cfg, out, resume=resume)
+    try:
+        train_sae(model, sae_cfg, train_cfg, out, resume=resume)
+    finally:
+        dd.cleanup()  # leave the torchrun process group (a no-op in one process)
+    if not dd.env_world().main:
+        return
     summary = json.loads((Path(out) / "training.json").read_text())
     final = {"explained_variance": float("nan"), "l0": float("nan"), "dead": float("nan")}
     final.update(summary.get("final", {}))
