@@ -67,9 +67,19 @@ def original_model(path: str, model: GridGPT):
         causal=True,
         dropout=0.0,
     )
-    layout = "fork" if "embedding.f.0.f.0.weight" in ref.state_dict() else "original"
-    ref.load_state_dict(to_original_state_dict(model, layout))
+    keys = ref.state_dict()
+    layout = "fork" if "embedding.f.0.f.0.weight" in keys else "original"
+    state = to_original_state_dict(model, layout)
+    if "trunk.0.f.0.f.weight" in keys:  # picoclvr's mygpt.py: no dropout modules in the blocks
+        state = {_picoclvr_key(k): v for k, v in state.items()}
+    ref.load_state_dict(state)
     return mygpt, ref.to(model.device, model.dtype).eval()
+
+
+def _picoclvr_key(key: str) -> str:
+    """The same weight's key in picoclvr's MyGPT (same computation, fewer Sequential slots)."""
+    key = key.replace(".f.0.f.0.", ".f.0.f.")
+    return key.replace(".f.f.2.", ".f.f.1.").replace(".f.f.4.", ".f.f.3.")
 
 
 def bench_preset(name: str, args, quizzes: torch.Tensor, sync) -> dict:

@@ -6,9 +6,11 @@ Components are the names of `gridlens.analysis.core` (`L{l}.attn`, `L{l}.mlp`, `
 ratio to the clean loss), in teacher-forced cell accuracy and, with `greedy=True`, in the share of
 grids generated right cell for cell with the ablation active during generation.
 
-Speed: each component's forward starts from the clean residual stream cached before its layer,
-and several components are ablated in one forward by stacking copies of the quiz batch, each copy
-with its own component ablated (the hook knows which rows are which copy).
+Speed: an ablation changes the residual stream at one point (after its block's attention, or
+after its MLP) by an amount known from the clean cache: a neuron's (value - post_n) W_out[:, n], a
+head's (value - z_h) W_O[h]. That change is added to the cached clean stream and only the later
+blocks run, the last one for the predicted grid's queries only, with several ablated copies of
+the quiz batch stacked per forward; ablations that change nothing (a dead neuron) cost nothing.
 """
 
 from __future__ import annotations
@@ -20,17 +22,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from gridlens.analysis.core import (
     Component,
     QuizSet,
     component_names,
-    grid_loss,
     grid_metrics,
     parse_component,
     per_task,
     predicted_cells,
 )
+from gridlens.analysis.patching import _tail
 from gridlens.errors import ConfigError, unknown_name
 from gridlens.io import atomic_write
 from gridlens.models.generate import complete
@@ -38,9 +41,10 @@ from gridlens.models.generate import complete
 METHODS = ("zero", "mean", "resample")
 GROUPS = {"layers": ("attn", "mlp"), "heads": ("head",), "neurons": ("neuron",)}
 METRICS = ("loss_delta", "loss_ratio", "cell_accuracy_delta", "greedy_accuracy_delta")
-#: rows (quizzes x stacked copies) per forward. On CPU the blocks' arithmetic dominates: 32 to
-#: 256 rows per forward timed within noise for the default model, so this only bounds memory.
-ROWS_PER_FORWARD = 64
+#: bytes of the widest activation (rows x pos x d_mlp floats) one forward may hold. Past about
+#: 32 MB glibc maps every new buffer afresh and its page faults cost more than the arithmetic
+#: (benchmarks/ablation_speed.py): 16 MB keeps the default model's forwards at ~20 sequences.
+FORWARD_BYTES = 16 * 2**20
 FLOOR = 1e-3  # heat maps: loss increases below this (nats), negative ones too, show as this
 
 
@@ -169,12 +173,6 @@ def ablation_hooks(
     chosen = resolve_components(model.cfg, components)
     values = replacement_values(model, quizzes, [c.hook_name for c in chosen], method, seed)
     return stacked_hooks([chosen], values)
-
-
-def _run_from(model, layer: int, resid: torch.Tensor, fwd_hooks) -> torch.Tensor:
-    """Logits from the residual stream entering block `layer`, with `fwd_hooks` active: the
-    blocks before it are not recomputed."""
-    return model.unembed(model.run_blocks(resid, layer, fwd_hooks=fwd_hooks))
 
 
 @dataclass
@@ -386,31 +384,116 @@ def _layer(name: str) -> int:
     return int(re.match(r"L(\d+)", name).group(1))
 
 
-def _ablated_resid_post(
-    model, components: list[Component], cache, values: dict, rows: slice
-) -> torch.Tensor:
-    """The residual stream after the MLP of the components' layer, one stacked copy per MLP
-    component ablated ([k * m, pos, d_model]): an MLP layer's output or one neuron's share of
-    it (post_n * W_out[:, n]) swapped for its replacement, without recomputing the layer."""
-    layer = components[0].layer
-    resid = cache[f"blocks.{layer}.hook_resid_post"]
-    copies = []
-    for c in components:
-        value = values[c.hook_name]
-        if value is not None and value.shape[0] > 1:
-            value = value[rows]
-        if c.kind == "mlp":
-            mid = cache[f"blocks.{layer}.hook_resid_mid"]
-            copies.append(mid if value is None else mid + value)
-        else:
-            post = c.select(cache[c.hook_name])
-            new = torch.zeros_like(post) if value is None else c.select(value)
-            w_out = model.blocks[layer].mlp.fc_out.weight[:, c.index]
-            copies.append(resid + (new - post).unsqueeze(-1) * w_out)
-    return torch.cat(copies)
+_START = {"attn": "mid", "head": "mid", "mlp": "post", "neuron": "post"}
+
+
+def _sweep_sites(chosen: list[Component]) -> list[str]:
+    """Hook sites the teacher-forced sweep caches: each component's own and its start point."""
+    names = {c.hook_name for c in chosen}
+    names.update(f"blocks.{c.layer}.hook_resid_{_START[c.kind]}" for c in chosen)
+    return sorted(names)
+
+
+def _difference(act: torch.Tensor, value: torch.Tensor | None, rows: slice) -> torch.Tensor:
+    """Replacement minus clean activation at one site, for the quizzes `rows` of the set."""
+    if value is None:
+        return -act
+    if value.shape[0] > 1:
+        value = value[rows]
+    return value - act
+
+
+def _moves(c: Component, diff: torch.Tensor) -> bool:
+    """Whether ablating c changes anything in this chunk (a dead neuron's zero ablation, a
+    resample from itself do not: the result is the clean run's)."""
+    return bool(c.select(diff).any())
+
+
+def _delta(model, group: list[Component], diff: torch.Tensor) -> torch.Tensor:
+    """[k, m, pos, d_model] change of the residual stream at the components' start point, one
+    copy per component: a head's (value - z_h) W_O[h], a neuron's (value - post_n) W_out[:, n],
+    a whole layer's value - output."""
+    cfg, c0 = model.cfg, group[0]
+    if c0.kind not in ("head", "neuron"):
+        return diff[None].expand(len(group), *diff.shape)
+    idx = torch.tensor([c.index for c in group], device=diff.device)
+    if c0.kind == "head":
+        w_o = model.blocks[c0.layer].attn.w_o.view(cfg.n_heads, cfg.d_value, cfg.d_model)
+        return torch.einsum("btkv,kvd->kbtd", diff[:, :, idx], w_o[idx])
+    w_out = model.blocks[c0.layer].mlp.fc_out.weight  # [d_model, d_mlp]
+    return torch.einsum("btk,dk->kbtd", diff[:, :, idx], w_out[:, idx])
+
+
+def _answer_metrics(logits: torch.Tensor, answer: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Grid loss and cell accuracy from logits at the predicted grid's cells only."""
+    loss = F.cross_entropy(logits.float().transpose(1, 2), answer, reduction="none").mean(1)
+    accuracy = (logits.argmax(-1) == answer).float().mean(1)
+    return loss.cpu().numpy(), accuracy.cpu().numpy()
 
 
 @torch.no_grad()
+def _teacher_forced(model, chosen, tokens, values, clean, rows_per_forward: int):
+    """[C, n] grid loss and cell accuracy with each component ablated alone.
+
+    Each component changes the residual stream at its start point (after its block's attention,
+    or after its MLP) by a known amount (`_delta`); that is added to the cached clean stream and
+    only the rest of the network runs, the last block's queries restricted to the predicted grid
+    (`patching._tail`), many ablated copies stacked per forward. Components whose ablation
+    changes nothing in a chunk keep the clean metrics without a forward."""
+    n, qf = len(tokens), predicted_cells(tokens).start
+    loss = np.repeat(clean.loss.numpy()[None], len(chosen), 0)
+    accuracy = np.repeat(clean.cell_accuracy.numpy()[None], len(chosen), 0)
+    index = {c.name: i for i, c in enumerate(chosen)}
+    groups: dict[tuple[int, str, str], list[Component]] = {}
+    for c in chosen:
+        groups.setdefault((c.layer, _START[c.kind], c.hook_name), []).append(c)
+    m = min(n, rows_per_forward)
+    per = max(1, rows_per_forward // m)
+    for lo in range(0, n, m):
+        rows = slice(lo, min(lo + m, n))
+        _, cache = model.run_with_cache(tokens[rows], names=_sweep_sites(chosen))
+        answer = tokens[rows, qf:]
+        for (layer, point, site), members in groups.items():
+            diff = _difference(cache[site], values[site], rows)
+            moving = [c for c in members if _moves(c, diff)]
+            resid = cache[f"blocks.{layer}.hook_resid_{point}"]
+            for g in range(0, len(moving), per):
+                group = moving[g : g + per]
+                stacked = (resid[None] + _delta(model, group, diff)).flatten(0, 1)
+                logits = _tail(model, stacked, layer, point, qf)
+                ids = [index[c.name] for c in group]
+                part_loss, part_accuracy = _answer_metrics(logits, answer.repeat(len(group), 1))
+                loss[ids, rows] = part_loss.reshape(len(group), -1)
+                accuracy[ids, rows] = part_accuracy.reshape(len(group), -1)
+    return loss, accuracy
+
+
+@torch.no_grad()
+def _greedy(model, chosen, tokens, values, rows_per_forward: int) -> np.ndarray:
+    """[C, n] whether each grid is generated right with each component ablated alone during
+    cached generation (the hooks of `stacked_hooks`, several components per generation)."""
+    n, cells = len(tokens), predicted_cells(tokens)
+    correct = np.zeros((len(chosen), n), dtype=bool)
+    m = min(n, rows_per_forward)
+    per = max(1, rows_per_forward // m)
+    for lo in range(0, n, m):
+        rows = slice(lo, min(lo + m, n))
+        chunk = {s: v if v is None or v.shape[0] == 1 else v[rows] for s, v in values.items()}
+        for g in range(0, len(chosen), per):
+            group = chosen[g : g + per]
+            stacked = tokens[rows].repeat(len(group), 1)
+            with model.hooks(stacked_hooks([[c] for c in group], chunk)):
+                out = complete(model, stacked)
+            right = (out[:, cells] == stacked[:, cells]).all(1)
+            correct[g : g + len(group), rows] = right.view(len(group), -1).cpu().numpy()
+    return correct
+
+
+def rows_that_fit(cfg, n_pos: int) -> int:
+    """Sequences per forward whose MLP activations fit FORWARD_BYTES (at least one)."""
+    return max(1, FORWARD_BYTES // (4 * n_pos * max(cfg.d_mlp, cfg.d_model)))
+
+
 def ablate(
     model,
     quizzes: QuizSet,
@@ -418,7 +501,7 @@ def ablate(
     method: str = "mean",
     greedy: bool = False,
     seed: int = 0,
-    rows_per_forward: int = ROWS_PER_FORWARD,
+    rows_per_forward: int | None = None,
 ) -> AblationResult:
     """Ablate each component on its own and measure the predicted grid, per task.
 
@@ -426,66 +509,22 @@ def ablate(
     over the quiz set, see `replacement_values`) or 'resample' (the same position of a donor quiz
     drawn with `seed`, see `donor_index`). greedy: also generate every grid with the ablation
     active (`ablation_hooks` during cached generation; one generation per component, stacked).
-
-    Teacher-forced metrics start from the clean residual stream cached for each chunk of
-    quizzes: attention components run from their block's input with the ablation hook; MLP
-    layers and neurons change the residual stream after their block by a known amount (the
-    replaced output, or (value - post_n) * W_out[:, n]), so only later blocks are recomputed.
+    rows_per_forward: sequences per forward (quizzes x stacked ablated copies); by default as
+    many as fit FORWARD_BYTES.
+    Teacher-forced metrics are computed as `_teacher_forced` says: exactly, not approximated.
     """
     if method not in METHODS:
         raise unknown_name("ablation method", method, METHODS)
+    if rows_per_forward is None:
+        rows_per_forward = rows_that_fit(model.cfg, quizzes.tokens.shape[-1])
     if rows_per_forward < 1:
         raise ConfigError(f"rows_per_forward must be >= 1, got {rows_per_forward}")
     chosen = resolve_components(model.cfg, components)
     tokens = model.check_tokens(quizzes.tokens.to(model.device))
-    n = len(tokens)
     values = replacement_values(model, quizzes, [c.hook_name for c in chosen], method, seed)
     clean = grid_metrics(model, tokens, greedy=greedy)
-    cells = predicted_cells(tokens)
-    index = {c.name: i for i, c in enumerate(chosen)}
-    loss = np.zeros((len(chosen), n))
-    accuracy = np.zeros((len(chosen), n))
-    correct = np.zeros((len(chosen), n), dtype=bool) if greedy else None
-    m = min(n, rows_per_forward)
-    k = max(1, rows_per_forward // m)
-    # groups run together: same layer, same path (attention from resid_pre, MLP from resid_post)
-    groups: dict[tuple[int, bool], list[Component]] = {}
-    for c in chosen:
-        groups.setdefault((c.layer, c.kind in ("attn", "head")), []).append(c)
-    needed = set()
-    for c in chosen:
-        if c.kind in ("attn", "head"):
-            needed.add(f"blocks.{c.layer}.hook_resid_pre")
-        else:
-            needed.update(f"blocks.{c.layer}.{s}" for s in ("hook_resid_mid", "hook_resid_post"))
-            if c.kind == "neuron":
-                needed.add(c.hook_name)
-    for lo in range(0, n, m):
-        rows = slice(lo, min(lo + m, n))
-        part = tokens[rows]
-        _, cache = model.run_with_cache(part, names=sorted(needed))
-        chunk = {s: v if v is None or v.shape[0] == 1 else v[rows] for s, v in values.items()}
-        for (layer, attention), members in groups.items():
-            for g in range(0, len(members), k):
-                group = members[g : g + k]
-                hooks = stacked_hooks([[c] for c in group], chunk)
-                stacked = part.repeat(len(group), 1)
-                if attention:
-                    resid = cache[f"blocks.{layer}.hook_resid_pre"].repeat(len(group), 1, 1)
-                    logits = _run_from(model, layer, resid, hooks)
-                else:
-                    resid = _ablated_resid_post(model, group, cache, values, rows)
-                    logits = _run_from(model, layer + 1, resid, ())
-                ok = logits[:, cells].argmax(-1) == stacked[:, cells]
-                shape = (len(group), -1)
-                ids = [index[c.name] for c in group]
-                loss[ids, rows] = grid_loss(logits, stacked).view(shape).cpu().numpy()
-                accuracy[ids, rows] = ok.float().mean(1).view(shape).cpu().numpy()
-                if greedy:
-                    with model.hooks(hooks):
-                        out = complete(model, stacked)
-                    right = (out[:, cells] == stacked[:, cells]).all(1)
-                    correct[ids, rows] = right.view(shape).cpu().numpy()
+    loss, accuracy = _teacher_forced(model, chosen, tokens, values, clean, rows_per_forward)
+    correct = _greedy(model, chosen, tokens, values, rows_per_forward) if greedy else None
     return AblationResult(
         method=method,
         components=[c.name for c in chosen],

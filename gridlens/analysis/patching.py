@@ -439,7 +439,7 @@ def _ln(ln, x):
 
 def _mlp_half(block, x):
     y = _ln(block.ln2, x)
-    return x + block.mlp.fc_out(F.relu(block.mlp.fc_in(y)))
+    return x + block.mlp.fc_out(F.relu(block.mlp.fc_in(y), inplace=True))
 
 
 def _last_block(model, block, x, qf: int):

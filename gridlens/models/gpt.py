@@ -399,7 +399,10 @@ class GridGPT(nn.Module):
                 x = self._attention_part(block, layer, x, active, kv, start, z)
                 y = self._ln(block.ln2, x, active, names, "ln2")
                 pre = F.linear(y, block.mlp.fc_in.weight, block.mlp.fc_in.bias)
-                post = F.relu(site(active, names["mlp.hook_pre"], pre))
+                pre = site(active, names["mlp.hook_pre"], pre)
+                # in place unless a hook saw `pre` (a cache keeps it): a fresh buffer of
+                # batch x pos x d_mlp floats costs more in page faults than the ReLU itself
+                post = F.relu(pre, inplace=not active.get(names["mlp.hook_pre"]))
             post = site(active, names["mlp.hook_post"], post)
             out = F.linear(post, block.mlp.fc_out.weight, block.mlp.fc_out.bias)
         out = site(active, names["hook_mlp_out"], out)

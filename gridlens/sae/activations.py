@@ -142,11 +142,20 @@ def collect(
     return acts, quiz, kept.repeat(len(tokens))
 
 
+def _stream_seed(seed: int, rank: int) -> int:
+    """The shuffling generator's seed: `seed` itself for rank 0 (one process), another
+    stream for each further torchrun rank."""
+    if rank == 0:
+        return seed
+    return int(np.random.SeedSequence([_STORE_TAG, seed, rank]).generate_state(1)[0])
+
+
 class ActivationStore:
     """An endless iterator of shuffled [batch_size, d_in] activation batches.
 
     with_index=True yields (acts, quiz, position, task) instead, where quiz counts the quizzes
-    the store generated (0, 1, ...) and task indexes `store.tasks`.
+    the store generated (0, 1, ...) and task indexes `store.tasks`. rank: a torchrun process's
+    own stream of quizzes and shuffling (rank 0 is the one-process stream).
     """
 
     def __init__(
@@ -164,6 +173,7 @@ class ActivationStore:
         device: str | torch.device | None = None,
         autocast_dtype: torch.dtype | None = None,
         with_index: bool = False,
+        rank: int = 0,
     ):
         self.stop_at_layer = check_site(model, hook_name)
         position_mask(positions)  # validates the name
@@ -189,7 +199,8 @@ class ActivationStore:
                 f"fewer than batch_size {batch_size}: raise buffer_quizzes"
             )
         self.keep_rows = buffer_quizzes // 2 * self.rows_per_quiz
-        self.generator = torch.Generator().manual_seed(seed)
+        self.rank = rank
+        self.generator = torch.Generator().manual_seed(_stream_seed(seed, rank))
         self.buffer: torch.Tensor | None = None
         self.index: torch.Tensor | None = None  # [rows, 3] quiz, position, task
         self.cursor = 0
@@ -201,7 +212,8 @@ class ActivationStore:
     def _chunk(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows and index of quiz chunk c (a function of (seed, c) only)."""
         n = self.buffer_quizzes // 2
-        rng = np.random.default_rng(np.random.SeedSequence([_STORE_TAG, self.seed, c]))
+        entropy = [_STORE_TAG, self.seed, c] + ([self.rank] if self.rank else [])
+        rng = np.random.default_rng(np.random.SeedSequence(entropy))
         batch = generate(self.tasks, n, seed=rng, structure=self.structure, noise=self.noise)
         acts = collect(
             self.model,

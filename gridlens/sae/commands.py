@@ -101,17 +101,26 @@ def sae() -> None:
 @click.option("--threads", type=int, default=None, help="CPU threads for torch.")
 @click.option("--seed", type=int, default=None)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option(
+    "--cache",
+    default=None,
+    help="Train on the activations of this cache (`gridlens sae cache`) instead of the model.",
+)
 def train_command(
     preset, model_path, site, arch, d_sae, expansion, k, l1, l0, ghost_grads, tokens, batch_size,
     lr, positions, tasks, buffer_quizzes, out, resume, device, dtype, threads, seed, no_progress,
+    cache,
 ):  # fmt: skip
-    """Train an SAE on activations of freshly generated quizzes streamed through the model."""
+    """Train an SAE on activations of freshly generated quizzes streamed through the model (or
+    read from a cache). Under `torchrun --nproc-per-node N` the processes train it together."""
     import torch
 
     from gridlens.models.checkpoints import load
     from gridlens.sae.activations import site_width
+    from gridlens.sae.cache import ActivationCache
     from gridlens.sae.train import train_sae
     from gridlens.training import checkpoint as ckpt
+    from gridlens.training import distributed as dd
 
     if threads:
         torch.set_num_threads(threads)
@@ -142,9 +151,16 @@ def train_command(
         "seed": seed,
         "progress": False if no_progress else None,
     }
+    if cache is not None:
+        train_opts["cache"] = str(Path(cache).resolve())
+        if site is None and base is None:
+            sae_opts["hook_name"] = ActivationCache(cache).hook_name
     sae_fields, train_cfg, sae_config_cls = _build_configs(preset, base, sae_opts, train_opts)
-    model = load(model_path)
-    width = site_width(model, sae_fields["hook_name"])
+    if train_cfg.cache is not None:
+        model, width = None, ActivationCache(train_cfg.cache).d_in
+    else:
+        model = load(model_path)
+        width = site_width(model, sae_fields["hook_name"])
     sae_fields["d_in"] = width
     if expansion is not None:
         sae_fields["d_sae"] = expansion * width
@@ -154,7 +170,12 @@ def train_command(
     )
     sae_cfg = sae_config_cls.from_dict(sae_fields)
     start = time.perf_counter()
-    train_sae(model, sae_cfg, train_cfg, out, resume=resume)
+    try:
+        train_sae(model, sae_cfg, train_cfg, out, resume=resume)
+    finally:
+        dd.cleanup()  # leave the torchrun process group (a no-op in one process)
+    if not dd.env_world().main:
+        return
     summary = json.loads((Path(out) / "training.json").read_text())
     final = {"explained_variance": float("nan"), "l0": float("nan"), "dead": float("nan")}
     final.update(summary.get("final", {}))
@@ -165,6 +186,52 @@ def train_command(
         f"{final['explained_variance']:.3f}, L0 {final['l0']:.1f}, dead {100 * final['dead']:.1f}%"
     )
     click.echo(f"wrote {out} (evaluate it with: gridlens sae eval --sae {out})")
+
+
+@sae.command("cache")
+@click.option("--preset", default="default", show_default=True, help="Recipe for the defaults.")
+@click.option("--model", "model_path", default="default", show_default=True, help="Model.")
+@click.option("--site", default=None, help="Hook name (default: the preset's).")
+@click.option("--rows", type=int, required=True, help="Activation rows to cache.")
+@click.option("--positions", default=None, type=click.Choice(["grid", "all", "no_markers"]))
+@click.option("--tasks", default=None, help="Comma-separated tasks, 'default' or 'all'.")
+@click.option("--batch-size", type=int, default=None, help="Rows per store batch (as in train).")
+@click.option("--buffer-quizzes", type=int, default=None, help="Quizzes in the shuffle buffer.")
+@click.option("--seed", type=int, default=None)
+@click.option("--shard-rows", type=int, default=None, help="Rows per shard (default: 64 MB).")
+@click.option("--out", type=OutputPath("dir"), required=True, help="The cache directory.")
+@click.option("--device", default=None, help="auto (default), cpu, cuda ...")
+@click.option("--dtype", default=None, type=click.Choice(["auto", "float32", "bfloat16"]))
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def cache_command(
+    preset, model_path, site, rows, positions, tasks, batch_size, buffer_quizzes, seed,
+    shard_rows, out, device, dtype, no_progress,
+):  # fmt: skip
+    """Run the model once and cache a site's activations as checksummed safetensors shards, in
+    the order `sae train` would stream them (same seed, batch size and buffer): SAE runs with
+    --cache then replay them without the model."""
+    from gridlens.models.checkpoints import load
+    from gridlens.sae.activations import site_width
+    from gridlens.sae.cache import write_cache
+    from gridlens.sae.train import _resolve_device, make_store
+
+    if rows < 1 or (shard_rows is not None and shard_rows < 1):
+        raise ConfigError(f"--rows and --shard-rows must be >= 1, got {rows}, {shard_rows}")
+    options = {"positions": positions, "tasks": tasks, "batch_size": batch_size, "seed": seed}
+    options.update(buffer_quizzes=buffer_quizzes, device=device, dtype=dtype)
+    sae_fields, train_cfg, sae_config_cls = _build_configs(
+        preset, None, {"hook_name": site}, options
+    )
+    device = _resolve_device(train_cfg.device)
+    model = load(model_path).to(device)
+    sae_fields["d_in"] = site_width(model, sae_fields["hook_name"])
+    store = make_store(model, sae_config_cls.from_dict(sae_fields), train_cfg, device)
+    meta = {"hook_name": sae_fields["hook_name"], "model": str(model_path)}
+    meta.update({k: train_cfg.to_dict()[k] for k in ("positions", "tasks", "structure", "noise")})
+    meta.update(seed=train_cfg.seed, batch_size=train_cfg.batch_size)
+    meta.update(buffer_quizzes=train_cfg.buffer_quizzes)
+    write_cache(store, out, rows, meta, shard_rows, progress=not no_progress)
+    click.echo(f"wrote {rows:,} rows of {meta['hook_name']} to {out}")
 
 
 @sae.command("eval")

@@ -35,6 +35,7 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,10 +45,12 @@ import torch
 from gridlens.errors import CheckpointError, ConfigError, unknown_name
 from gridlens.io import atomic_write
 from gridlens.sae.activations import ActivationStore, site_width
+from gridlens.sae.cache import ActivationCache, CachedStore
 from gridlens.sae.gated import build_sae, gated_latents
 from gridlens.sae.model import SAEConfig, SparseAutoencoder, jump_step
 from gridlens.sae.sparse import batch_topk_encode, sparse_decode, topk_encode
 from gridlens.training import checkpoint as ckpt
+from gridlens.training import distributed as dd
 
 LOG_FILE = "log.jsonl"
 TRAINING_FILE = "training.json"
@@ -100,6 +103,7 @@ class SAETrainConfig:
     buffer_quizzes: int = 512
     model_batch: int = 128
     seed: int = 0
+    cache: str | None = None  # read activations from this cache (gridlens.sae.cache) instead
     # running
     device: str = "auto"
     dtype: str = "auto"  # autocast of the model forward: bf16 by default on CUDA
@@ -320,12 +324,16 @@ def train_step(
     cfg: SAETrainConfig,
     dead: torch.Tensor | None = None,
     sparsity_scale: float = 1.0,
+    reduce_gradients: Callable[[], None] | None = None,
 ) -> StepResult:
     """One optimiser step on a batch of normalised activations, keeping the constraints:
-    unit decoder rows (not relu, which weights its L1 by them), thresholds >= 0 (jumprelu)."""
+    unit decoder rows (not relu, which weights its L1 by them), thresholds >= 0 (jumprelu).
+    reduce_gradients: called after the backward pass (torchrun: average over the ranks)."""
     result = sae_losses(sae, x, cfg, dead, sparsity_scale)
     optimizer.zero_grad(set_to_none=True)
     result.total.backward()
+    if reduce_gradients is not None:
+        reduce_gradients()
     result.total, result.mse = result.total.detach(), result.mse.detach()
     arch = sae.cfg.architecture
     if arch != "relu":
@@ -436,6 +444,341 @@ def _trim_log(path: Path, step: int) -> None:
     path.write_text("".join(kept))
 
 
+@dataclass
+class SAERun:
+    """One run's state from step to step: everything a checkpoint holds, and this process's
+    place among the torchrun processes (`world`)."""
+
+    sae: SparseAutoencoder
+    optimizer: torch.optim.Optimizer
+    store: Any
+    since_fired: torch.Tensor  # [d_sae] rows since each latent last fired
+    resample_gen: torch.Generator
+    world: dd.Dist = field(default_factory=dd.Dist)
+    scale: float = 1.0
+    step: int = 0
+    threshold_sum: float = 0.0
+    threshold_count: int = 0
+    timing: dict[str, float] = field(default_factory=lambda: {"store_s": 0.0, "sae_s": 0.0})
+
+
+def make_store(model, sae_cfg: SAEConfig, train_cfg: SAETrainConfig, device, world=None):
+    """The ActivationStore train_cfg describes (or, with `train_cfg.cache`, a CachedStore);
+    under torchrun each rank streams its own quizzes (or shards) and yields its share of the
+    batch."""
+    world, device = world or dd.Dist(), torch.device(device)
+    if train_cfg.cache is not None:
+        return cached_store(sae_cfg, train_cfg, world)
+    return ActivationStore(
+        model,
+        sae_cfg.hook_name,
+        tasks=train_cfg.tasks,
+        positions=train_cfg.positions,
+        batch_size=train_cfg.batch_size // world.world_size,
+        buffer_quizzes=train_cfg.buffer_quizzes,
+        seed=train_cfg.seed,
+        structure=train_cfg.structure,
+        noise=train_cfg.noise,
+        model_batch=train_cfg.model_batch,
+        device=device,
+        autocast_dtype=_autocast_dtype(train_cfg.dtype, device),
+        rank=world.rank,
+    )
+
+
+def cached_store(sae_cfg: SAEConfig, train_cfg: SAETrainConfig, world=None) -> CachedStore:
+    """The store reading `train_cfg.cache`, checked against the SAE's site and width."""
+    world = world or dd.Dist()
+    cache = ActivationCache(train_cfg.cache)
+    if (cache.hook_name, cache.d_in) != (sae_cfg.hook_name, sae_cfg.d_in):
+        raise ConfigError(
+            f"{cache.path}: activations of {cache.hook_name} (width {cache.d_in}), but the SAE "
+            f"reads {sae_cfg.hook_name} (width {sae_cfg.d_in})"
+        )
+    return cache.store(
+        train_cfg.batch_size // world.world_size, rank=world.rank, world=world.world_size
+    )
+
+
+def _check_world(train_cfg: SAETrainConfig, world: dd.Dist) -> None:
+    if not world.enabled:
+        return
+    if train_cfg.batch_size % world.world_size:
+        raise ConfigError(
+            f"batch_size {train_cfg.batch_size} is not divisible by the {world.world_size} "
+            "torchrun processes"
+        )
+    if train_cfg.resample_every:
+        raise ConfigError("resample_every (relu) is not supported under torchrun; use AuxK/ghost")
+
+
+def new_run(
+    sae_cfg: SAEConfig,
+    train_cfg: SAETrainConfig,
+    store,
+    device: torch.device,
+    world: dd.Dist | None = None,
+    initial_state: dict[str, torch.Tensor] | None = None,
+) -> SAERun:
+    """A fresh run: the seeded SAE (or `initial_state`), Adam, zeroed dead-latent counters."""
+    sae = build_sae(sae_cfg, seed=train_cfg.seed)
+    if initial_state is not None:
+        sae.load_state_dict(initial_state)
+    sae.to(device)
+    optimizer = torch.optim.Adam(
+        sae.parameters(), lr=train_cfg.lr, betas=(train_cfg.beta1, train_cfg.beta2)
+    )
+    return SAERun(
+        sae=sae,
+        optimizer=optimizer,
+        store=store,
+        since_fired=torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=device),
+        resample_gen=torch.Generator().manual_seed(train_cfg.seed + 1),
+        world=world or dd.Dist(),
+    )
+
+
+def restore_run(run: SAERun, state: dict[str, Any], path: str | Path = "checkpoint") -> None:
+    """Load a checkpoint into `run`; under torchrun each rank takes its own store's state."""
+    saved_world = int(state.get("world_size", 1))
+    if saved_world != run.world.world_size:
+        raise ConfigError(
+            f"{path}: written by {saved_world} process(es), resumed with {run.world.world_size}"
+        )
+    ckpt.restore(run.sae, run.optimizer, state, "SAE/optimiser")
+    stores = state.get("stores") or [state["store"]]
+    run.store.load_state_dict(stores[run.world.rank])
+    run.since_fired = state["since_fired"].to(run.since_fired.device)
+    run.resample_gen.set_state(state["resample_rng"])
+    run.threshold_sum, run.threshold_count = state["threshold_sum"], state["threshold_count"]
+    run.scale, run.step = float(state["scale"]), int(state["step"])
+    run.timing.update(state.get("timing", {}))
+
+
+def checkpoint_state(run: SAERun, sae_cfg: SAEConfig, train_cfg: SAETrainConfig) -> dict:
+    """What a checkpoint holds; under torchrun every rank's store state (a collective call)."""
+    state = {
+        "config": {"sae": sae_cfg.to_dict(), "train": train_cfg.to_dict()},
+        "step": run.step,
+        "model": run.sae.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "since_fired": run.since_fired.cpu(),
+        "resample_rng": run.resample_gen.get_state(),
+        "threshold_sum": run.threshold_sum,
+        "threshold_count": run.threshold_count,
+        "scale": run.scale,
+        "timing": dict(run.timing),
+    }
+    if not run.world.enabled:
+        return {**state, "store": run.store.state_dict()}
+    stores: list[Any] = [None] * run.world.world_size
+    torch.distributed.all_gather_object(stores, run.store.state_dict())
+    return {**state, "stores": stores, "world_size": run.world.world_size}
+
+
+def save_run(run: SAERun, sae_cfg, train_cfg, out: Path | None) -> None:
+    """Checkpoint the run into `out` (rank 0 writes; every rank must call it)."""
+    if out is None:
+        return
+    state = checkpoint_state(run, sae_cfg, train_cfg)
+    if run.world.main:
+        ckpt.save_checkpoint(state, out, run.step, train_cfg.keep_checkpoints)
+    dd.barrier(run.world)
+
+
+def _average_gradients(sae: SparseAutoencoder, world: dd.Dist) -> None:
+    """All-reduce the gradients to their mean over the ranks, in one flat buffer: each rank's
+    loss is a mean over its rows, so this is the gradient of the mean over all of them."""
+    grads = [p.grad for p in sae.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world.world_size
+    for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+        g.copy_(part.view_as(g))
+
+
+def _merge_ranks(run: SAERun, losses: StepResult, metrics: dict[str, float]) -> dict:
+    """Under torchrun: latents fired on any rank's rows, the smallest kept activation over all,
+    and the logged metrics averaged over the ranks."""
+    if not run.world.enabled:
+        return metrics
+    dist = torch.distributed
+    fired = losses.fired.to(torch.int32)
+    dist.all_reduce(fired, op=dist.ReduceOp.MAX)
+    losses.fired = fired.bool()
+    if losses.min_active is not None:
+        smallest = losses.min_active.reshape(1).clone()
+        dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
+        losses.min_active = smallest[0]
+    values = torch.tensor(list(metrics.values()), dtype=torch.float64, device=fired.device)
+    dist.all_reduce(values)
+    return dict(zip(metrics, (values / run.world.world_size).tolist(), strict=True))
+
+
+def sae_step(run: SAERun, cfg: SAETrainConfig, end_of_threshold: int) -> dict[str, float]:
+    """One training step of `run` on its store's next batch; returns the step's metrics."""
+    t0 = time.perf_counter()
+    x = next(run.store).to(run.since_fired.device) * run.scale
+    t1 = time.perf_counter()
+    lr = lr_at(cfg, run.step)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    dead = run.since_fired >= cfg.dead_after_tokens
+    warmup = cfg.sparsity_warmup_steps
+    ramp = min(1.0, (run.step + 1) / warmup) if warmup else 1.0
+    reduce = (lambda: _average_gradients(run.sae, run.world)) if run.world.enabled else None
+    losses = train_step(run.sae, run.optimizer, x, cfg, dead, ramp, reduce_gradients=reduce)
+    with torch.no_grad():
+        metrics = {
+            "loss": float(losses.total),
+            "mse": float(losses.mse),
+            "sparsity_loss": float(losses.sparsity),
+            "explained_variance": explained_variance(x, losses.recon),
+            "l0": float(losses.l0),
+        }
+        if losses.ghost is not None:
+            metrics["ghost_loss"] = float(losses.ghost)
+        metrics = _merge_ranks(run, losses, metrics)
+        _count_firing(run, cfg, x, losses, end_of_threshold)
+        metrics["dead"] = float((run.since_fired >= cfg.dead_after_tokens).float().mean())
+    run.step += 1
+    run.timing["store_s"] += t1 - t0
+    run.timing["sae_s"] += time.perf_counter() - t1
+    return {"lr": lr, **metrics}
+
+
+def _count_firing(run: SAERun, cfg: SAETrainConfig, x, losses: StepResult, threshold_from: int):
+    """Dead-latent counters (all ranks' rows), batchtopk threshold statistics, relu resampling."""
+    run.since_fired += x.shape[0] * run.world.world_size
+    run.since_fired[losses.fired] = 0
+    if losses.min_active is not None and run.step >= threshold_from:
+        run.threshold_sum += float(losses.min_active)
+        run.threshold_count += 1
+    if (
+        run.sae.cfg.architecture == "relu"
+        and cfg.resample_every
+        and (run.step + 1) % cfg.resample_every == 0
+    ):
+        dead_now = run.since_fired >= cfg.dead_after_tokens
+        if _resample_dead(run.sae, run.optimizer, x, losses.recon, dead_now, run.resample_gen):
+            run.since_fired[dead_now] = 0
+
+
+class _Progress:
+    """The log window: averages metrics over log_every steps into log.jsonl and the bar."""
+
+    def __init__(self, run: SAERun, cfg: SAETrainConfig, out: Path | None, show: bool):
+        self.cfg, self.out = cfg, out if run.world.main else None
+        self.window: dict[str, float] = {}
+        self.steps = 0
+        self.last: dict[str, float] = {}
+        self.bar = None
+        if show and cfg.progress and run.world.main:
+            from tqdm import tqdm
+
+            desc = f"sae {run.sae.cfg.architecture}"
+            self.bar = tqdm(
+                total=cfg.steps, initial=run.step, desc=desc, dynamic_ncols=True, unit="step"
+            )
+
+    def update(self, run: SAERun, metrics: dict[str, float], end: int) -> None:
+        lr = metrics.pop("lr")
+        for k, v in metrics.items():
+            self.window[k] = self.window.get(k, 0.0) + v
+        self.steps += 1
+        step = run.step
+        if step % self.cfg.log_every == 0 or step == end:
+            self.last = {k: v / self.steps for k, v in self.window.items()}
+            tokens = step * self.cfg.batch_size
+            record = {"step": step, "tokens": tokens, "lr": lr, **self.last}
+            record.update(_speeds(run.timing, tokens))
+            if self.out is not None:
+                with open(self.out / LOG_FILE, "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+            if self.bar is not None:
+                self.bar.set_postfix(
+                    loss=f"{self.last['loss']:.3f}",
+                    ev=f"{self.last['explained_variance']:.3f}",
+                    l0=f"{self.last['l0']:.1f}",
+                    dead=f"{100 * self.last['dead']:.1f}%",
+                )
+            self.window, self.steps = {}, 0
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def start_run(
+    model,
+    sae_cfg: SAEConfig,
+    train_cfg: SAETrainConfig,
+    out: Path | None,
+    resume: bool | str | Path,
+    store=None,
+    initial_state: dict[str, torch.Tensor] | None = None,
+) -> SAERun:
+    """A run ready for its first (or next) step: the process group joined under torchrun, the
+    model checked, the store built, and the state resumed or initialised from the data."""
+    device = _resolve_device(train_cfg.device)
+    if model is None and store is None and train_cfg.cache is None:
+        raise ConfigError(
+            "train_sae needs a model (to stream activations from), a store or a cache"
+        )
+    world = dd.setup(device)
+    _check_world(train_cfg, world)
+    state = _prepare(out, sae_cfg, train_cfg, resume)
+    if model is not None:
+        model.to(device)
+        width = site_width(model, sae_cfg.hook_name)
+        if width != sae_cfg.d_in:
+            raise ConfigError(f"SAE d_in={sae_cfg.d_in} but {sae_cfg.hook_name} has width {width}")
+    if store is None:
+        store = make_store(model, sae_cfg, train_cfg, device, world)
+    run = new_run(sae_cfg, train_cfg, store, device, world, initial_state)
+    if state is not None:
+        restore_run(run, state)
+    else:
+        run.scale = _initialise(run.sae, store, train_cfg, device, world)
+    if out is not None and world.main:
+        out.mkdir(parents=True, exist_ok=True)
+        _trim_log(out / LOG_FILE, run.step)
+    return run
+
+
+def finish_run(run: SAERun, sae_cfg, train_cfg, out: Path | None, final: dict) -> SparseAutoencoder:
+    """The trained SAE in model units (batchtopk threshold set, scale folded), saved by rank 0."""
+    sae = run.sae
+    if sae_cfg.architecture == "batchtopk":
+        with torch.no_grad():
+            sae.threshold.fill_(run.threshold_sum / max(run.threshold_count, 1))
+    fold_scale(sae, run.scale)
+    sae.eval()
+    if out is not None and run.world.main:
+        tokens = run.step * train_cfg.batch_size
+        summary = {
+            "sae": sae_cfg.to_dict(),
+            "train": train_cfg.to_dict(),
+            "steps": run.step,
+            "tokens": tokens,
+            "activation_scale": run.scale,
+            "final": final,
+            "dead_latents": int((run.since_fired >= train_cfg.dead_after_tokens).sum()),
+            **_speeds(run.timing, tokens),
+            "store_seconds": run.timing["store_s"],
+            "sae_seconds": run.timing["sae_s"],
+            "processes": run.world.world_size,
+        }
+        if sae_cfg.architecture == "batchtopk":
+            summary["threshold"] = float(sae.threshold)
+        _write_json(out / TRAINING_FILE, summary)
+        _save(sae, out, summary)
+    dd.barrier(run.world)
+    return sae
+
+
 def train_sae(
     model,
     sae_cfg: SAEConfig,
@@ -450,205 +793,44 @@ def train_sae(
     """Train an SAE at `sae_cfg.hook_name` of `model` on freshly generated quizzes.
 
     store: any iterator of [batch_size, d_in] batches with state_dict()/load_state_dict()
-    (default: an ActivationStore built from train_cfg). stop_after: stop once this many steps
-    are done, after checkpointing, as if killed there (tests; chunked runs); the SAE returned
-    then is the unfolded training state. initial_state: SAE weights to start from instead of
-    the seeded initialisation (b_dec is still initialised from the data). Returns the SAE (in
-    model units, eval mode).
+    (default: an ActivationStore built from train_cfg, or the cache train_cfg.cache names).
+    stop_after: stop once this many steps are done, after checkpointing, as if killed there
+    (tests; chunked runs); the SAE returned then is the unfolded training state. initial_state:
+    SAE weights to start from instead of the seeded initialisation (b_dec is still initialised
+    from the data). Returns the SAE (in model units, eval mode).
+
+    Under torchrun (RANK/WORLD_SIZE set) every process streams its own quizzes through its own
+    model replica, batch_size / world_size rows a step; gradients are averaged over the
+    processes, so the run equals one process on the ranks' batches together (BatchTopK selects
+    per process, ghost grads normalise per process). Rank 0 writes; resuming needs the same
+    number of processes.
     """
-    device = _resolve_device(train_cfg.device)
-    if model is None and store is None:
-        raise ConfigError("train_sae needs a model (to stream activations from) or a store")
     out = Path(out_dir) if out_dir is not None else None
-    state = _prepare(out, sae_cfg, train_cfg, resume)
-    if model is not None:
-        model.to(device)
-        width = site_width(model, sae_cfg.hook_name)
-        if width != sae_cfg.d_in:
-            raise ConfigError(f"SAE d_in={sae_cfg.d_in} but {sae_cfg.hook_name} has width {width}")
-    if store is None:
-        store = ActivationStore(
-            model,
-            sae_cfg.hook_name,
-            tasks=train_cfg.tasks,
-            positions=train_cfg.positions,
-            batch_size=train_cfg.batch_size,
-            buffer_quizzes=train_cfg.buffer_quizzes,
-            seed=train_cfg.seed,
-            structure=train_cfg.structure,
-            noise=train_cfg.noise,
-            model_batch=train_cfg.model_batch,
-            device=device,
-            autocast_dtype=_autocast_dtype(train_cfg.dtype, device),
-        )
-    sae = build_sae(sae_cfg, seed=train_cfg.seed)
-    if initial_state is not None:
-        sae.load_state_dict(initial_state)
-    sae.to(device)
-    arch = sae_cfg.architecture
-    optimizer = torch.optim.Adam(
-        sae.parameters(), lr=train_cfg.lr, betas=(train_cfg.beta1, train_cfg.beta2)
-    )
-    since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=device)
-    resample_gen = torch.Generator().manual_seed(train_cfg.seed + 1)
-    threshold_sum, threshold_count = 0.0, 0
-    timing = {"store_s": 0.0, "sae_s": 0.0}
-    start = 0
-    if state is not None:
-        ckpt.restore(sae, optimizer, state, "SAE/optimiser")
-        store.load_state_dict(state["store"])
-        since_fired = state["since_fired"].to(device)
-        resample_gen.set_state(state["resample_rng"])
-        threshold_sum, threshold_count = state["threshold_sum"], state["threshold_count"]
-        scale = float(state["scale"])
-        start = int(state["step"])
-        timing.update(state.get("timing", {}))
-    else:
-        scale = _initialise(sae, store, train_cfg, device)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        _trim_log(out / LOG_FILE, start)
-
-    def save_state(step: int) -> None:
-        if out is None:
-            return
-        ckpt.save_checkpoint(
-            {
-                "config": {"sae": sae_cfg.to_dict(), "train": train_cfg.to_dict()},
-                "step": step,
-                "model": sae.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "store": store.state_dict(),
-                "since_fired": since_fired.cpu(),
-                "resample_rng": resample_gen.get_state(),
-                "threshold_sum": threshold_sum,
-                "threshold_count": threshold_count,
-                "scale": scale,
-                "timing": dict(timing),
-            },
-            out,
-            step,
-            train_cfg.keep_checkpoints,
-        )
-
+    run = start_run(model, sae_cfg, train_cfg, out, resume, store, initial_state)
     steps = train_cfg.steps
     end = steps if stop_after is None else min(steps, stop_after)
     threshold_from = steps - max(1, int(steps * train_cfg.threshold_fraction))
-    bar = None
-    if progress and train_cfg.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=steps, initial=start, desc=f"sae {arch}", dynamic_ncols=True, unit="step")
-    window: dict[str, float] = {}
-    window_steps = 0
-    last: dict[str, float] = {}
-    sae.train()
-    step, last_saved = start, start
+    log = _Progress(run, train_cfg, out, progress)
+    last_saved = run.step
+    run.sae.train()
     try:
-        while step < end:
-            t0 = time.perf_counter()
-            x = next(store)
-            x = x.to(device) * scale
-            t1 = time.perf_counter()
-            lr = lr_at(train_cfg, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            dead = since_fired >= train_cfg.dead_after_tokens
-            ramp = (
-                min(1.0, (step + 1) / train_cfg.sparsity_warmup_steps)
-                if train_cfg.sparsity_warmup_steps
-                else 1.0
-            )
-            losses = train_step(sae, optimizer, x, train_cfg, dead, ramp)
-            with torch.no_grad():
-                since_fired += x.shape[0]
-                since_fired[losses.fired] = 0
-                if losses.min_active is not None and step >= threshold_from:
-                    threshold_sum += float(losses.min_active)
-                    threshold_count += 1
-                if (
-                    arch == "relu"
-                    and train_cfg.resample_every
-                    and (step + 1) % train_cfg.resample_every == 0
-                ):
-                    dead_now = since_fired >= train_cfg.dead_after_tokens
-                    if _resample_dead(sae, optimizer, x, losses.recon, dead_now, resample_gen):
-                        since_fired[dead_now] = 0
-                metrics = {
-                    "loss": float(losses.total),
-                    "mse": float(losses.mse),
-                    "sparsity_loss": float(losses.sparsity),
-                    "explained_variance": explained_variance(x, losses.recon),
-                    "l0": float(losses.l0),
-                    "dead": float((since_fired >= train_cfg.dead_after_tokens).float().mean()),
-                }
-                if losses.ghost is not None:
-                    metrics["ghost_loss"] = float(losses.ghost)
-            step += 1
-            timing["store_s"] += t1 - t0
-            timing["sae_s"] += time.perf_counter() - t1
-            for k, v in metrics.items():
-                window[k] = window.get(k, 0.0) + v
-            window_steps += 1
-            if step % train_cfg.log_every == 0 or step == end:
-                last = {k: v / window_steps for k, v in window.items()}
-                record = {"step": step, "tokens": step * train_cfg.batch_size, "lr": lr, **last}
-                record.update(_speeds(timing, step * train_cfg.batch_size))
-                if out is not None:
-                    with open(out / LOG_FILE, "a") as handle:
-                        handle.write(json.dumps(record) + "\n")
-                if bar is not None:
-                    bar.set_postfix(
-                        loss=f"{last['loss']:.3f}",
-                        ev=f"{last['explained_variance']:.3f}",
-                        l0=f"{last['l0']:.1f}",
-                        dead=f"{100 * last['dead']:.1f}%",
-                    )
-                window, window_steps = {}, 0
-            if bar is not None:
-                bar.update(1)
-            if (
-                out is not None
-                and train_cfg.checkpoint_every
-                and step % train_cfg.checkpoint_every == 0
-            ):
-                save_state(step)
-                last_saved = step
+        while run.step < end:
+            log.update(run, sae_step(run, train_cfg, threshold_from), end)
+            every = train_cfg.checkpoint_every
+            if out is not None and every and run.step % every == 0:
+                save_run(run, sae_cfg, train_cfg, out)
+                last_saved = run.step
     except KeyboardInterrupt:
-        if step != last_saved:
-            save_state(step)
-        if bar is not None:
-            bar.close()
+        if run.step != last_saved and not run.world.enabled:
+            save_run(run, sae_cfg, train_cfg, out)
         raise
-    if bar is not None:
-        bar.close()
-    if step != last_saved:
-        save_state(step)
-    if step < steps:
-        return sae
-    if arch == "batchtopk":
-        with torch.no_grad():
-            sae.threshold.fill_(threshold_sum / max(threshold_count, 1))
-    fold_scale(sae, scale)
-    sae.eval()
-    if out is not None:
-        summary = {
-            "sae": sae_cfg.to_dict(),
-            "train": train_cfg.to_dict(),
-            "steps": step,
-            "tokens": step * train_cfg.batch_size,
-            "activation_scale": scale,
-            "final": last,
-            "dead_latents": int((since_fired >= train_cfg.dead_after_tokens).sum()),
-            **_speeds(timing, step * train_cfg.batch_size),
-            "store_seconds": timing["store_s"],
-            "sae_seconds": timing["sae_s"],
-        }
-        if arch == "batchtopk":
-            summary["threshold"] = float(sae.threshold)
-        _write_json(out / TRAINING_FILE, summary)
-        _save(sae, out, summary)
-    return sae
+    finally:
+        log.close()
+    if run.step != last_saved:
+        save_run(run, sae_cfg, train_cfg, out)
+    if run.step < steps:
+        return run.sae
+    return finish_run(run, sae_cfg, train_cfg, out, log.last)
 
 
 def _speeds(timing: dict[str, float], tokens: int) -> dict[str, float]:
@@ -681,9 +863,11 @@ def _prepare(
                 f"{out}: resume asked for but no checkpoint in {out / 'checkpoints'}"
             )
         state = ckpt.load_checkpoint(path)
-        for key in ("store", "since_fired", "scale", "resample_rng"):
+        for key in ("since_fired", "scale", "resample_rng"):
             if key not in state:
                 raise CheckpointError(f"{path}: not an SAE training checkpoint (no {key!r})")
+        if "store" not in state and "stores" not in state:
+            raise CheckpointError(f"{path}: not an SAE training checkpoint (no store state)")
         saved = state["config"]
         diffs = _config_differences(saved.get("sae", {}), sae_cfg.to_dict())
         diffs += _config_differences(saved.get("train", {}), train_cfg.to_dict())
@@ -702,12 +886,21 @@ def _prepare(
 
 
 @torch.no_grad()
-def _initialise(sae: SparseAutoencoder, store, cfg: SAETrainConfig, device: torch.device) -> float:
-    """The activation scale and b_dec, from the store's first buffer (not consumed)."""
-    sample = store.peek(min(cfg.batch_size * 4, 16384)) if hasattr(store, "peek") else None
+def _initialise(
+    sae: SparseAutoencoder, store, cfg: SAETrainConfig, device: torch.device, world=None
+) -> float:
+    """The activation scale and b_dec, from the store's first buffer (not consumed); under
+    torchrun from every rank's share, gathered in rank order (all ranks then agree)."""
+    world = world or dd.Dist()
+    n = min(cfg.batch_size * 4, 16384) // world.world_size
+    sample = store.peek(n) if hasattr(store, "peek") else None
     if sample is None:
         raise ConfigError("the activation store must offer peek(n) to initialise the SAE")
     sample = sample.to(device).float()
+    if world.enabled:
+        parts = [torch.empty_like(sample) for _ in range(world.world_size)]
+        torch.distributed.all_gather(parts, sample)
+        sample = torch.cat(parts)
     scale = 1.0
     if cfg.normalize_activations:
         mean_sq = float(sample.pow(2).sum(-1).mean())

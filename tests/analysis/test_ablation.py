@@ -9,13 +9,16 @@ import pytest
 import torch
 
 from gridlens.analysis.ablation import (
+    FORWARD_BYTES,
     AblationResult,
     ablate,
     ablation_hooks,
     donor_index,
+    rows_that_fit,
 )
 from gridlens.analysis.core import grid_loss, predicted_cells, quiz_set
 from gridlens.errors import GridlensError
+from gridlens.models import GridGPT
 from gridlens.models.checkpoints import load
 
 
@@ -209,3 +212,73 @@ def test_bad_names_raise_with_suggestions(model, quizzes):
     hooks = ablation_hooks(model, quizzes, ["L0.attn"], "resample")
     with pytest.raises(GridlensError, match="resample"), torch.no_grad():
         model.run_with_hooks(quizzes.tokens[:3], fwd_hooks=hooks)
+
+
+def reference_values(model, tokens, site, method, seed):
+    """What each quiz's activation at `site` becomes, computed one quiz at a time."""
+    acts = torch.stack([model.run_with_cache(t[None], names=site)[1][site][0] for t in tokens])
+    if method == "zero":
+        return torch.zeros_like(acts)
+    if method == "mean":
+        return acts.mean(0, keepdim=True).expand_as(acts)
+    return acts[torch.as_tensor(donor_index(len(tokens), seed))]
+
+
+def one_at_a_time(model, tokens, name, method, seed):
+    """Grid loss and cell accuracy with `name` ablated by a hand-written hook on a full forward."""
+    kind_site = {
+        "attn": ("hook_attn_out", None),
+        "mlp": ("hook_mlp_out", None),
+        "H": ("attn.hook_z", 2),
+        "N": ("mlp.hook_post", 2),
+    }
+    layer, rest = int(name[1]), name[2:]
+    key = rest[1:] if rest.startswith(".") else rest[0]
+    suffix, axis = kind_site[key]
+    site = f"blocks.{layer}.{suffix}"
+    new = reference_values(model, tokens, site, method, seed)
+    index = int(rest[1:]) if axis else None
+
+    def hook(x, hook):
+        if index is None:
+            return new.clone()
+        x = x.clone()
+        x[:, :, index] = new[:, :, index]
+        return x
+
+    return hooked_metrics(model, tokens, [(site, hook)])
+
+
+@pytest.mark.parametrize("method", ["zero", "mean", "resample"])
+def test_batched_sweep_equals_one_at_a_time_on_a_tiny_model(method):
+    """Every kind of component in every layer of a random 3-layer model, chunked unevenly and
+    stacked, against full forwards with one hand-written hook each; a dead neuron (its ReLU never
+    opens) is left exactly clean under zero and mean ablation."""
+    tiny = GridGPT("tiny", seed=7, n_layers=3).eval()
+    dead = 5
+    with torch.no_grad():
+        for name, p in tiny.named_parameters():  # sharper than at init: larger effects
+            if p.dim() > 1 and "embed" not in name:
+                p.mul_(3)
+        tiny.blocks[1].mlp.fc_in.bias[dead] = -1e3
+    six = quiz_set(n_per_task=1, seed=2).subset(range(6))
+    names = ["L0.attn", "L1H3", "L2.mlp", "L0N1", "L0N70", "L1N40", f"L1N{dead}", "L2N9", "L2H0"]
+    expected = [one_at_a_time(tiny, six.tokens, name, method, 4) for name in names]
+    clean, _ = hooked_metrics(tiny, six.tokens, [])
+    for rows in (4, 12):  # chunks of 4 and 2 quizzes, one copy each; 6 quizzes, 2 copies each
+        result = ablate(tiny, six, names, method=method, seed=4, rows_per_forward=rows)
+        np.testing.assert_allclose(result.clean_loss, clean, rtol=1e-5)
+        for i, (loss, accuracy) in enumerate(expected):
+            np.testing.assert_allclose(result.loss[i] - clean, loss - clean, atol=2e-4)
+            np.testing.assert_allclose(result.cell_accuracy[i], accuracy, atol=1e-6)
+    live = [i for i, name in enumerate(names) if name != f"L1N{dead}"]
+    assert all(np.abs(result.loss[i] - clean).max() > 2e-3 for i in live)
+    if method != "resample":
+        np.testing.assert_array_equal(result.loss[names.index(f"L1N{dead}")], result.clean_loss)
+
+
+def test_rows_that_fit_bounds_the_widest_activation():
+    cfg = GridGPT("tiny").cfg
+    rows = rows_that_fit(cfg, 404)
+    assert rows * 404 * cfg.d_mlp * 4 <= FORWARD_BYTES < (rows + 1) * 404 * cfg.d_mlp * 4
+    assert rows_that_fit(cfg.replace(d_mlp=10**8), 404) == 1
