@@ -8,8 +8,6 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
-import torch
 
 from gridlens.errors import ConfigError
 from gridlens.io import OutputPath, save_or_rescue
@@ -202,6 +200,9 @@ def eval_(
     run_dir, out_dir, json_path, n_per_task, sae_arch, sae_latents, sae_k, sae_steps, seed
 ) -> None:
     """Accuracy/IIA/SIIA on fresh data, SAEs vs the known variables, circuit-discovery ROC AUC."""
+    import numpy as np
+    import torch
+
     from gridlens.groundtruth.iit import _jsonable, evaluate, load_run
     from gridlens.groundtruth.shipped import resolve_run
 
@@ -249,6 +250,8 @@ def _write_metrics_json(path: Path, report: dict, n_per_task: int, seed: int) ->
 
 
 def _eval_saes(model, bench, fit_tokens, test_tokens, out: Path, seed: int, sae: dict) -> dict:
+    import torch
+
     from gridlens.groundtruth.figures import sae_matrix, sae_scores
     from gridlens.groundtruth.scoring import mlp_variables, score_mlp
 
@@ -331,6 +334,8 @@ def _eval_circuits(model, bench, test_tokens, out: Path) -> list[dict]:
 def score(runs, sites, train_saes, saes, n_per_task, sae_steps, sae_k, seed, threads, out_dir):
     """Score neurons, probes and SAEs (trained here or loaded) against every known variable:
     one table (JSON, Markdown, PNG), methods as rows, benchmark x variable as columns."""
+    import torch
+
     from gridlens.groundtruth.iit import _jsonable, load_run
     from gridlens.groundtruth.scoreboard import (
         check_kinds,

@@ -1,6 +1,55 @@
-"""Sparse dictionaries on a GridGPT's activations (see the README's SAE section)."""
+"""Sparse dictionaries on a GridGPT's activations (see the README's SAE section).
 
-from gridlens.sae.cache import ActivationCache, CachedStore, write_cache
-from gridlens.sae.pursuit import gradient_pursuit, matching_pursuit
+from gridlens.sae import load_sae, latent_activations
+sae = load_sae("default")
+acts = latent_activations(model, sae, quizzes)
+acts.latent(7)                               # top examples drawn inline in a notebook
+"""
 
-__all__ = ["ActivationCache", "CachedStore", "gradient_pursuit", "matching_pursuit", "write_cache"]
+from gridlens.lazy import lazy_exports
+
+_EXPORTS = {
+    "ActivationCache": "cache",
+    "ActivationStore": "activations",
+    "AttributionResult": "attribution",
+    "CachedStore": "cache",
+    "CausalResult": "attribution",
+    "EncoderComparison": "encoders",
+    "ExpressionMatrix": "features",
+    "FeatureActivations": "features",
+    "GatedSAE": "gated",
+    "LabelResult": "labels",
+    "MaskResult": "attribution",
+    "PromotedLogits": "features",
+    "SAEConfig": "model",
+    "SAEMetrics": "metrics",
+    "SAETrainConfig": "train",
+    "SparseAutoencoder": "model",
+    "SteeringResult": "steering",
+    "ablate_latents": "attribution",
+    "amplify_latents": "attribution",
+    "attribute": "attribution",
+    "build_sae": "gated",
+    "collect": "activations",
+    "compare_encoders": "encoders",
+    "decoder_direction": "steering",
+    "edit_latents": "attribution",
+    "evaluate_sae": "metrics",
+    "expression_matrix": "features",
+    "gradient_pursuit": "pursuit",
+    "label_latents": "labels",
+    "latent_activations": "features",
+    "learned_mask": "attribution",
+    "load_sae": "io",
+    "matching_pursuit": "pursuit",
+    "position_mask": "activations",
+    "promoted_logits": "features",
+    "save_sae": "io",
+    "splice_hooks": "splice",
+    "steer": "steering",
+    "train_sae": "train",
+    "write_cache": "cache",
+    "write_dashboard": "dashboard",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -18,8 +18,8 @@ import click
 
 from gridlens.errors import ConfigError, unknown_name
 from gridlens.io import OutputPath
+from gridlens.sae.architectures import ARCHITECTURES
 from gridlens.sae.feature_commands import COMMANDS
-from gridlens.sae.model import ARCHITECTURES
 
 #: name -> (SAEConfig fields, SAETrainConfig fields)
 PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {

@@ -21,8 +21,7 @@ import torch
 import torch.nn as nn
 
 from gridlens.errors import ConfigError, unknown_name
-
-ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
+from gridlens.sae.architectures import ARCHITECTURES
 
 
 @dataclass(frozen=True)

@@ -5,28 +5,31 @@ from __future__ import annotations
 import json
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import torch
 
 from gridlens.errors import ConfigError, unknown_name
 from gridlens.io import OutputPath, atomic_write
-from gridlens.training.culture.config import CultureConfig
 
-_SETTINGS = {f.name: f.type for f in fields(CultureConfig)}
+if TYPE_CHECKING:
+    from gridlens.training.culture.config import CultureConfig
 
 
 def _parse_sets(pairs: tuple[str, ...]) -> dict[str, object]:
     """--set name=value pairs, typed by the setting's declared type."""
+    from gridlens.training.culture.config import CultureConfig
+
+    settings = {f.name: f.type for f in fields(CultureConfig)}
     out: dict[str, object] = {}
     for pair in pairs:
         if "=" not in pair:
             raise ConfigError(f"--set expects name=value, got {pair!r}")
         name, value = pair.split("=", 1)
         name = name.strip().replace("-", "_")
-        if name not in _SETTINGS:
-            raise unknown_name("culture setting", name, list(_SETTINGS))
-        kind = {"int": int, "float": float, "str": str}[str(_SETTINGS[name])]
+        if name not in settings:
+            raise unknown_name("culture setting", name, list(settings))
+        kind = {"int": int, "float": float, "str": str}[str(settings[name])]
         try:
             out[name] = kind(value)
         except ValueError:
@@ -63,10 +66,12 @@ def culture() -> None:
 @click.option("--no-progress", is_flag=True)
 def run_command(out, preset, resume, rounds, sets, device, threads, no_progress) -> None:
     """Train a population and grow its culture; every round is saved and resumable."""
-    from gridlens.training.culture.config import get_culture_preset
+    from gridlens.training.culture.config import CultureConfig, get_culture_preset
     from gridlens.training.culture.loop import run_culture
 
     if threads:
+        import torch
+
         torch.set_num_threads(threads)
     overrides = _parse_sets(sets)
     if rounds is not None:
@@ -117,6 +122,7 @@ def export_command(population, out) -> None:
 @click.argument("c_quizzes", type=click.Path(dir_okay=False, exists=True))
 def import_command(population, c_quizzes) -> None:
     """Add an original c_quizzes.pth to a population's culture (as one committed round)."""
+    from gridlens.training.culture.config import CultureConfig
     from gridlens.training.culture.loop import Population, _read_json
 
     index = _read_json(Path(population) / "culture.json")
@@ -188,6 +194,7 @@ def universality_command(
 
 
 def _read_index(population) -> CultureConfig:
+    from gridlens.training.culture.config import CultureConfig
     from gridlens.training.culture.loop import _read_json
 
     data = _read_json(Path(population) / "culture.json")
