@@ -19,6 +19,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,8 +36,11 @@ from gridlens.analysis.core import (
 )
 from gridlens.analysis.patching import _tail
 from gridlens.errors import ConfigError, unknown_name
-from gridlens.io import atomic_write
 from gridlens.models.generate import complete
+from gridlens.plotting import finish, pyplot
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 METHODS = ("zero", "mean", "resample")
 GROUPS = {"layers": ("attn", "mlp"), "heads": ("head",), "neurons": ("neuron",)}
@@ -281,22 +285,17 @@ class AblationResult:
             )
         return out
 
-    def plot(self, path: str | Path) -> Path:
+    def plot(self, path: str | Path | None = None) -> Figure:
         """Heat maps of the grid-loss increase per task (layer x head, or layer x {attn, mlp});
         a bar chart of the top components for neurons or mixed lists."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         kinds = {_kind(name) for name in self.components}
         if kinds == {"head"} or kinds <= {"attn", "mlp"}:
             fig = self._heat_maps(plt, "head" in kinds)
         else:
             fig = self._bars(plt)
-        atomic_write(path, lambda handle: fig.savefig(handle, format="png"))
-        plt.close(fig)
-        return Path(path)
+        return finish(fig, path)
 
     def _heat_maps(self, plt, heads: bool):
         """One panel per task of the absolute grid-loss increase (ratios would be dominated by

@@ -16,14 +16,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from gridlens.analysis.core import ComponentError, QuizSet, component_names, parse_component
 from gridlens.errors import ConfigError, TokenError
-from gridlens.plotting import pyplot, save_figure
+from gridlens.plotting import finish, pyplot
 from gridlens.world.tokens import COLOR_RGB, N_COLORS, TOKEN_TO_GRID, grid_size_from_length
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Categories of attended keys, in priority order (a key belongs to the first that matches).
 CATEGORIES: tuple[str, ...] = (
@@ -204,7 +208,7 @@ class HeadClassification:
         )
         return out
 
-    def plot(self, path) -> Path:
+    def plot(self, path: str | Path | None = None) -> Figure:
         """Heads x categories heat map of the predicted-grid attention mass."""
         plt = pyplot()
         n = len(self.heads)
@@ -223,7 +227,7 @@ class HeadClassification:
         fig.colorbar(im, ax=ax, label="attention mass (predicted-grid queries)")
         ax.set_title("Attention mass by key category, per head")
         fig.tight_layout()
-        return save_figure(fig, path)
+        return finish(fig, path)
 
 
 def _row(values: np.ndarray, categories: tuple[str, ...]) -> dict[str, float]:
@@ -298,7 +302,9 @@ def classify_heads(
 # ---------------------------------------------------------------------- one pattern
 
 
-def plot_pattern(model, tokens: torch.Tensor, head: str, path, query: int | None = None) -> Path:
+def plot_pattern(
+    model, tokens: torch.Tensor, head: str, path: str | Path | None = None, query: int | None = None
+) -> Figure:
     """One head's attention for one quiz: the quiz's four grids, and under each the weight the
     query puts on each of its cells, plus the whole [404, 404] pattern as a thumbnail.
 
@@ -382,7 +388,7 @@ def plot_pattern(model, tokens: torch.Tensor, head: str, path, query: int | None
         f"top offset {int(q - row.argmax())} ({float(row.max()):.2f})",
         fontsize=10,
     )
-    return save_figure(fig, path)
+    return finish(fig, path)
 
 
 def _top_cells(weights: torch.Tensor, width: int, vmax: float):

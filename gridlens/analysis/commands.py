@@ -89,6 +89,12 @@ def _write_json(path: Path, data: dict[str, Any]) -> Path:
 Draw = Callable[[Path], list[Path]]
 
 
+def _png(result: Any, path: Path, **options) -> Path:
+    """Write `result.plot` to `path` (a PNG) and return the path, for the files written."""
+    result.plot(path, **options)
+    return path
+
+
 def _report(out: str, name: str, results: dict[str, Any], draw: Draw, **extra) -> None:
     """Draw the figures (`draw(folder)` returns their paths) and write NAME.json (every
     result's to_json) into `out`, or into a rescue folder if that fails; print the findings
@@ -140,7 +146,7 @@ def ablate_command(model, tasks, n_per_task, seed, out, device, components, meth
     loaded, _, quizzes = _setup(model, tasks, n_per_task, seed, device)
     result = ablate(loaded, quizzes, _names(components), method=method, greedy=greedy, seed=seed)
     name = f"ablate_{method}"
-    _report(out, name, {"ablation": result}, lambda d: [result.plot(d / f"{name}.png")])
+    _report(out, name, {"ablation": result}, lambda d: [_png(result, d / f"{name}.png")])
 
 
 @analyze.command("attention", context_settings=CONTEXT)
@@ -164,11 +170,10 @@ def attention_command(model, tasks, n_per_task, seed, out, device, heads, quiz, 
     result = classify_heads(loaded, quizzes)
 
     def draw(folder: Path) -> list[Path]:
-        patterns = [
-            plot_pattern(loaded, quizzes.tokens[quiz], h, folder / f"pattern_{h}.png", query=query)
-            for h in heads
-        ]
-        return [result.plot(folder / "attention.png"), *patterns]
+        patterns = [folder / f"pattern_{h}.png" for h in heads]
+        for head, path in zip(heads, patterns, strict=True):
+            plot_pattern(loaded, quizzes.tokens[quiz], head, path, query=query)
+        return [_png(result, folder / "attention.png"), *patterns]
 
     _report(out, "attention", {"heads": result}, draw)
 
@@ -190,7 +195,7 @@ def direct_command(model, tasks, n_per_task, seed, out, device, cell):
         out,
         "direct",
         {"copy_scores": copies, "logit_lens": lens},
-        lambda d: [copies.plot(d / "copy_scores.png"), lens.plot(d / "logit_lens.png")],
+        lambda d: [_png(copies, d / "copy_scores.png"), _png(lens, d / "logit_lens.png")],
     )
 
 
@@ -222,7 +227,7 @@ def patch_command(model, tasks, n_per_task, seed, out, device, kind, components)
     pairs = make_pairs(kind, names, n_per_task, seed)
     result = activation_patching(loaded, pairs, _names(components))
     name = f"patch_{kind}"
-    _report(out, name, {"activation_patching": result}, lambda d: [result.plot(d / f"{name}.png")])
+    _report(out, name, {"activation_patching": result}, lambda d: [_png(result, d / f"{name}.png")])
 
 
 @analyze.command("atp", context_settings=CONTEXT)
@@ -250,9 +255,9 @@ def atp_command(model, tasks, n_per_task, seed, out, device, kind, components, m
         click.echo(f"agreement with activation patching: {_agreement(extra['agreement'])}")
 
     def draw(folder: Path) -> list[Path]:
-        figures = [result.plot(folder / f"{stem}.png")]
+        figures = [_png(result, folder / f"{stem}.png")]
         if compare:
-            figures.append(results["activation_patching"].plot(folder / f"patch_{kind}.png"))
+            figures.append(_png(results["activation_patching"], folder / f"patch_{kind}.png"))
         return figures
 
     _report(out, stem, results, draw, **extra)
@@ -291,7 +296,7 @@ def generate_command(model, tasks, n_per_task, seed, out, device, components, me
         out,
         "generate",
         {"generation": result},
-        lambda d: [result.plot(d / "generate.png")],
+        lambda d: [_png(result, d / "generate.png")],
         ablated=components,
         method=method,
     )
@@ -318,4 +323,4 @@ def probe_command(model, tasks, n_per_task, seed, out, device, annotation, sites
         raise ConfigError(f"--sites {sites!r} names no hook")
     result = train_probes(loaded, quizzes, annotation, sites=chosen, seed=seed)
     name = f"probe_{annotation}"
-    _report(out, name, {"probes": result}, lambda d: [result.plot(d / f"{name}.png")])
+    _report(out, name, {"probes": result}, lambda d: [_png(result, d / f"{name}.png")])

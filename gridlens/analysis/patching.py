@@ -29,6 +29,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -43,8 +44,11 @@ from gridlens.analysis.core import (
 from gridlens.analysis.pairs import PAIR_KINDS, PairError, PairSet, as_tokens, make_pairs
 from gridlens.errors import ConfigError, unknown_name
 from gridlens.io import atomic_write
-from gridlens.plotting import pyplot, save_figure
+from gridlens.plotting import finish, pyplot
 from gridlens.world.tokens import GRID_NAMES
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "PAIR_KINDS",
@@ -270,7 +274,7 @@ class PatchingResult:
             )
         return out[:4]
 
-    def plot(self, path, limit: float | None = None) -> Path:
+    def plot(self, path: str | Path | None = None, limit: float | None = None) -> Figure:
         """Heat map layer x head (heads), layer x position block (resid), else the top bars.
         `limit`: the colour scale's +- bound (default: this result's largest |score|), so that
         several results can share one scale."""
@@ -317,7 +321,7 @@ class PatchingResult:
             ax.set_xlabel("restored fraction of the clean log-prob")
         ax.set_title(title, fontsize=9)
         fig.tight_layout()
-        return save_figure(fig, path)
+        return finish(fig, path)
 
 
 def _kind(name: str) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,8 +26,11 @@ import torch.nn.functional as F
 
 from gridlens.analysis.core import QuizSet
 from gridlens.errors import ConfigError, unknown_name
-from gridlens.io import atomic_write
 from gridlens.models.hooks import PATTERN_SITES, resolve_names
+from gridlens.plotting import finish, pyplot
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 WORLD_ANNOTATIONS = ("objects", "roles", "changes", "noise")
 ANNOTATIONS = (*WORLD_ANNOTATIONS, "colour", "grid")
@@ -191,12 +195,9 @@ class ProbeResult:
             f"{100 * self.control_accuracy[best]:.1f}%).",
         ]
 
-    def plot(self, path: str | Path) -> Path:
+    def plot(self, path: str | Path | None = None) -> Figure:
         """Accuracy per site, with the majority baseline and the control task."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         xs = range(len(self.sites))
         fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(self.sites) + 2), 3.6), dpi=110)
@@ -216,9 +217,7 @@ class ProbeResult:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        atomic_write(path, lambda handle: fig.savefig(handle, format="png"))
-        plt.close(fig)
-        return Path(path)
+        return finish(fig, path)
 
 
 def _short(site: str) -> str:

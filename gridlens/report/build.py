@@ -88,8 +88,8 @@ class _Run:
 
     def figure(self, result, name: str, caption: str, method: str = "plot") -> Figure:
         """Draw one of the result's figures into the folder; the page's Figure for it."""
-        path = getattr(result, method)(self.folder / name)
-        return Figure(Path(path).name, caption)
+        getattr(result, method)(self.folder / name)
+        return Figure(name, caption)
 
     def keep(self, name: str, result) -> list[str]:
         """Record a result's numbers for report.json; its findings for the page."""
@@ -558,9 +558,8 @@ def _stage_attention(run: _Run) -> Section:
     for head, value in ablation.top(run.size.patterns):
         task = max(tasks, key=lambda t: ratio[head][t])
         row = int(np.flatnonzero(run.quizzes.tasks == task)[0])
-        path = plot_pattern(
-            run.model, run.quizzes.tokens[row], head, run.folder / f"pattern_{head}.png"
-        )
+        path = run.folder / f"pattern_{head}.png"
+        plot_pattern(run.model, run.quizzes.tokens[row], head, path)
         section.add(
             Figure(
                 Path(path).name,
@@ -673,7 +672,8 @@ def _stage_patching(run: _Run) -> Section:
     )
     limit = max(float(np.nanmax(np.abs(r.scores["all"]), initial=0.0)) for r in scores.values())
     for name, result in scores.items():
-        path = result.plot(run.folder / f"patching_{_FILE[name]}.png", limit=limit or 1.0)
+        path = run.folder / f"patching_{_FILE[name]}.png"
+        result.plot(path, limit=limit or 1.0)
         caption = f"{_LABEL.get(name, 'Activation patching')} per head: restored fraction"
         section.add(Figure(path.name, f"{caption}, all tasks (one colour scale: +-{limit:.2f})."))
     return section

@@ -19,6 +19,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,7 +27,10 @@ import torch.nn.functional as F
 
 from gridlens.analysis.core import QuizSet, grid_metrics, per_task, predicted_cells
 from gridlens.errors import ConfigError
-from gridlens.plotting import save_figure
+from gridlens.plotting import finish, pyplot
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _hooks(sae, edit: Callable | None, positions, keep_error: bool = True) -> list:
@@ -86,12 +90,9 @@ class AttributionResult:
             },
         }
 
-    def plot(self, path: str | Path, k: int = 8) -> Path:
+    def plot(self, path: str | Path | None = None, k: int = 8) -> Figure:
         """Per task, the k latents of largest |attribution| (bars)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         cols = min(4, len(self.tasks))
         rows = math.ceil(len(self.tasks) / cols)
@@ -107,7 +108,7 @@ class AttributionResult:
             ax.axis("off")
         fig.suptitle("grad x activation on log p(correct grid), per latent", fontsize=10)
         fig.tight_layout()
-        return save_figure(fig, path)
+        return finish(fig, path)
 
     def findings(self) -> list[str]:
         out = []
@@ -201,12 +202,9 @@ class MaskResult:
             "history": self.history,
         }
 
-    def plot(self, path: str | Path) -> Path:
+    def plot(self, path: str | Path | None = None) -> Figure:
         """Sorted gate values (log-y), the kept ones above 0.5."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         fig, ax = plt.subplots(figsize=(5, 3))
         g = np.sort(self.gates)[::-1][: max(50, 2 * len(self.kept))]
@@ -216,7 +214,7 @@ class MaskResult:
         ax.set_ylabel("gate")
         ax.set_title(f"{len(self.kept)} latents kept ({self.gate_kind} gates)", fontsize=9)
         fig.tight_layout()
-        return save_figure(fig, path)
+        return finish(fig, path)
 
     def findings(self) -> list[str]:
         return [
@@ -337,12 +335,9 @@ class CausalResult:
             "edited": self.edited,
         }
 
-    def plot(self, path: str | Path) -> Path:
+    def plot(self, path: str | Path | None = None) -> Figure:
         """Greedy accuracy per task, baseline vs edited."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         tasks = list(self.baseline["greedy_accuracy"])
         x = np.arange(len(tasks))
@@ -355,7 +350,7 @@ class CausalResult:
         ax.legend(fontsize=8)
         ax.set_title(self.description, fontsize=9)
         fig.tight_layout()
-        return save_figure(fig, path)
+        return finish(fig, path)
 
     def findings(self) -> list[str]:
         b, e = self.baseline["greedy_accuracy"], self.edited["greedy_accuracy"]

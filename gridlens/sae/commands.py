@@ -296,7 +296,8 @@ def eval_command(
         payload = {**result.to_json(), "sae": str(sae_path), "model": str(model_path)}
         text = (json.dumps(payload, indent=2) + "\n").encode()
         atomic_write(folder / "sae_eval.json", lambda h: h.write(text))
-        png = result.plot(folder / "sae_eval.png")
+        png = folder / "sae_eval.png"
+        result.plot(png)
         click.echo(f"wrote {folder / 'sae_eval.json'} and {png}")
     else:
         click.echo(json.dumps(result.to_json(), indent=2))
@@ -332,8 +333,8 @@ def _compare_encoders(model, sae_model, quizzes, encoders, l0, positions, greedy
         return
     text = (json.dumps(result.to_json(), indent=2) + "\n").encode()
     atomic_write(Path(out) / "sae_encoders.json", lambda h: h.write(text))
-    pngs = result.plot(out)
-    click.echo(f"wrote {Path(out) / 'sae_encoders.json'} and {len(pngs)} PNGs in {out}")
+    figures = result.plot(out)
+    click.echo(f"wrote {Path(out) / 'sae_encoders.json'} and {len(figures)} PNGs in {out}")
 
 
 for _command in COMMANDS:

@@ -137,8 +137,9 @@ def features(
     expression = expression_matrix(acts)
     labels = label_latents(acts)
     chosen = _int_list(latents, "--latents") or choose_latents(expression, labels, n_latents)
-    written = [expression.plot(out / "expression.png"), *labels.write(out)]
-    written.append(labels.plot(out / "labels_f1.png"))
+    expression.plot(out / "expression.png")
+    labels.plot(out / "labels_f1.png")
+    written = [out / "expression.png", *labels.write(out), out / "labels_f1.png"]
     for j in chosen:
         if labels.fires[acts.check_latent(j)]:
             written.append(
@@ -291,7 +292,8 @@ def steer(
     )
     out = Path(out_dir)
     data = {**result.to_json(), "findings": result.findings()}
-    _echo([result.plot(out / "steering.png"), _write_json(out / "steering.json", data)])
+    result.plot(out / "steering.png")
+    _echo([out / "steering.png", _write_json(out / "steering.json", data)])
 
 
 @click.command("attribute")
@@ -337,7 +339,8 @@ def attribute(
     model, sae, quizzes = _load(model_path, sae_path, tasks, n_per_task, seed)
     out = Path(out_dir)
     result = attribution.attribute(model, sae, quizzes)
-    written = [result.plot(out / "attribution.png")]
+    result.plot(out / "attribution.png")
+    written = [out / "attribution.png"]
     data: dict[str, Any] = {"attribution": result.to_json(), "findings": result.findings()}
     if top_k > 0:
         causal = {}
@@ -359,7 +362,8 @@ def attribute(
         if len(rows) == 0:
             raise ConfigError(f"--mask-task {mask_task!r} is not among the quiz set's tasks")
         mask = attribution.learned_mask(model, sae, rows, penalty, mask_steps, gate=gate, seed=seed)
-        written.append(mask.plot(out / "mask.png"))
+        mask.plot(out / "mask.png")
+        written.append(out / "mask.png")
         kept = (
             attribution.ablate_latents(model, sae, rows, mask.kept, invert=True)
             if mask.kept

@@ -12,15 +12,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from gridlens.analysis.core import QuizSet
 from gridlens.errors import ConfigError
-from gridlens.plotting import save_figure
+from gridlens.plotting import finish, pyplot
 from gridlens.sae.activations import check_site, position_mask
 from gridlens.world.tokens import COLOR_NAMES, TOKEN_TO_GRID
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TOKEN_NAMES: tuple[str, ...] = COLOR_NAMES + tuple(TOKEN_TO_GRID[t] for t in range(11, 15))
 """Names of the 15 tokens: colours 0..10, then the markers A, f_A, B, f_B."""
@@ -251,12 +255,11 @@ def render_examples(
     )
 
 
-def plot_histogram(acts: FeatureActivations, latent: int, path: str | Path, bins: int = 30) -> Path:
+def plot_histogram(
+    acts: FeatureActivations, latent: int, path: str | Path | None = None, bins: int = 30
+) -> Figure:
     """Histogram of the latent's non-zero activations, stacked by task."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows, values = acts.column(latent)
     tasks = acts.row_task()[rows]
@@ -271,7 +274,7 @@ def plot_histogram(acts: FeatureActivations, latent: int, path: str | Path, bins
     ax.set_xlabel("activation (non-zero only)")
     ax.set_ylabel("positions")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return finish(fig, path)
 
 
 # ------------------------------------------------------------------------------ logits
@@ -398,12 +401,9 @@ class ExpressionMatrix:
             "firing": {str(j): self.firing[j].round(4).tolist() for j in self.order},
         }
 
-    def plot(self, path: str | Path) -> Path:
+    def plot(self, path: str | Path | None = None) -> Figure:
         """Heatmap latents (rows, grouped by preferred task) x tasks of the expression share."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         m = self.share[self.order]
         fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(self.tasks), 2 + 0.02 * len(m)))
@@ -414,7 +414,7 @@ class ExpressionMatrix:
         fig.colorbar(image, ax=ax, label="share of mean activation")
         ax.set_title("feature x task expression", fontsize=10)
         fig.tight_layout()
-        return save_figure(fig, path)
+        return finish(fig, path)
 
     def findings(self) -> list[str]:
         alive = self.firing.sum(1) > 0

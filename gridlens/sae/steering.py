@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,12 +24,15 @@ import torch
 from gridlens.analysis.core import QuizSet
 from gridlens.errors import ConfigError
 from gridlens.models.generate import complete
-from gridlens.plotting import save_figure
+from gridlens.plotting import finish, pyplot
 from gridlens.sae.features import recorded_positions
 from gridlens.world import get_task
 from gridlens.world.structures import to_forward_tokens
 from gridlens.world.tasks import resolve_tasks
 from gridlens.world.tokens import tokens_to_grids
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def steering_hook(hook_name: str, vector: torch.Tensor, positions: np.ndarray) -> tuple:
@@ -93,12 +97,9 @@ class SteeringResult:
             "reference_true_answer": self.reference,
         }
 
-    def plot(self, path: str | Path) -> Path:
+    def plot(self, path: str | Path | None = None) -> Figure:
         """Shares against scale: original task, none, and every other task that ever passes."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         fig, ax = plt.subplots(figsize=(6, 3.5))
         x = self.scales
@@ -115,7 +116,7 @@ class SteeringResult:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
         ax.set_title(f"steering {self.what} at {self.hook_name}", fontsize=9)
         fig.tight_layout()
-        return save_figure(fig, path)
+        return finish(fig, path)
 
     def findings(self) -> list[str]:
         first, last = 0, len(self.scales) - 1

@@ -14,16 +14,21 @@ import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
+from gridlens.plotting import finish, pyplot
 from gridlens.world import check
 from gridlens.world import structures as st
 from gridlens.world.tasks import resolve_tasks
 from gridlens.world.tokens import N_COLORS, grids_to_tokens
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PREDICTED_STRUCTURES: tuple[str, ...] = ("forward", "inverse", "backward", "backward_inverse")
 """The four structures whose last grid is the one to predict (the original's test)."""
@@ -234,14 +239,11 @@ def _summarise(by_ts, structures, sampled, meta, failures) -> EvalResult:
 # ------------------------------------------------------------------------------ figures
 
 
-def bar_chart(result: EvalResult | dict[str, Any], path, title: str = "") -> None:
+def bar_chart(
+    result: EvalResult | dict[str, Any], path: str | Path | None = None, title: str = ""
+) -> Figure:
     """Per-task accuracy (greedy, sampled) and per-cell accuracy as grouped bars, PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from gridlens.world.render import atomic_write
+    plt = pyplot()
 
     tasks = result.tasks if isinstance(result, EvalResult) else result["tasks"]
     names = list(tasks)
@@ -263,8 +265,7 @@ def bar_chart(result: EvalResult | dict[str, Any], path, title: str = "") -> Non
     ax.set_title(title or "accuracy per task")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    atomic_write(path, lambda handle: fig.savefig(handle, format="png"))
-    plt.close(fig)
+    return finish(fig, path)
 
 
 def failure_gallery(failures: Sequence[Failure], path, per_task: int = 2) -> int:

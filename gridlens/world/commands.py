@@ -133,9 +133,7 @@ def show(tasks, n, seed, structure, noise, height, width, highlight, out, column
     show_default=True,
     help="The PNG to write.",
 )
-@click.option(
-    "-n", "--per-task", type=int, default=3, show_default=True, help="Quizzes per task."
-)
+@click.option("-n", "--per-task", type=int, default=3, show_default=True, help="Quizzes per task.")
 @click.option(
     "--tasks",
     default="all",

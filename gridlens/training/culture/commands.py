@@ -176,7 +176,8 @@ def universality_command(
     else:
         result = un.neuron_universality(members[a], members[b], tokens, site)
         stem = "universality"
-    figure = result.plot(out_dir / f"{stem}.png")
+    figure = out_dir / f"{stem}.png"
+    result.plot(figure)
     data = {"models": [a, b], **result.to_json()}
     if all_pairs:
 
