@@ -37,6 +37,7 @@ from gridlens.analysis.core import (
 from gridlens.analysis.patching import _tail
 from gridlens.errors import ConfigError, unknown_name
 from gridlens.models.generate import complete
+from gridlens.notebook import Tabular, result_html
 from gridlens.plotting import finish, pyplot
 
 if TYPE_CHECKING:
@@ -180,7 +181,7 @@ def ablation_hooks(
 
 
 @dataclass
-class AblationResult:
+class AblationResult(Tabular):
     """Per-quiz metrics, clean and with each component ablated (rows follow `components`)."""
 
     method: str
@@ -251,6 +252,19 @@ class AblationResult:
             "clean": self.clean_summary(),
             "effects": {name: {m: effects[m][name] for m in effects} for name in self.components},
         }
+
+    def to_records(self) -> list[dict]:
+        """One row per (component, task): every metric of ablating the component."""
+        effects = {m: self.effect(m) for m in self.metrics()}
+        return [
+            {"component": c, "task": t, **{m: effects[m][c][t] for m in effects}}
+            for c in self.components
+            for t in self.task_names()
+        ]
+
+    def _repr_html_(self) -> str:
+        title = f"{self.method} ablation of {len(self.components)} components"
+        return result_html(title, self.findings(), self.plot(), self.to_records())
 
     def findings(self) -> list[str]:
         clean = per_task(self.clean_loss, self.tasks)["all"]

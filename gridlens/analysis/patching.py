@@ -44,6 +44,7 @@ from gridlens.analysis.core import (
 from gridlens.analysis.pairs import PAIR_KINDS, PairError, PairSet, as_tokens, make_pairs
 from gridlens.errors import ConfigError, unknown_name
 from gridlens.io import atomic_write
+from gridlens.notebook import Tabular, result_html
 from gridlens.plotting import finish, pyplot
 from gridlens.world.tokens import GRID_NAMES
 
@@ -181,7 +182,7 @@ def _nan_to_none(values) -> list:
 
 
 @dataclass
-class PatchingResult:
+class PatchingResult(Tabular):
     """Per-component restoration scores per task ("all" pools every pair), for activation
     patching ("activation") and its gradient estimates ("atp", "atp*")."""
 
@@ -241,6 +242,18 @@ class PatchingResult:
             "skipped": dict(self.skipped),
             "top": [[name, value] for name, value in self.top(10)],
         }
+
+    def to_records(self) -> list[dict]:
+        """One row per (component, task): the restored fraction (None where undefined)."""
+        return [
+            {"component": c, "task": t, "score": None if np.isnan(v[i]) else float(v[i])}
+            for i, c in enumerate(self.components)
+            for t, v in self.scores.items()
+        ]
+
+    def _repr_html_(self) -> str:
+        title = f"{self.method} patching of {len(self.components)} components ({self.pair_kind})"
+        return result_html(title, self.findings(), self.plot(), self.to_records())
 
     def save_json(self, path) -> Path:
         data = json.dumps(self.to_json(), indent=1).encode()

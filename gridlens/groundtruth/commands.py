@@ -186,6 +186,7 @@ def train(
     help="Also write the overall accuracy, iia and siia (and per node) to this file.",
 )
 @click.option(
+    "-n",
     "--n-per-task",
     default=1000,
     show_default=True,
@@ -323,7 +324,7 @@ def _eval_circuits(model, bench, test_tokens, out: Path) -> list[dict]:
     help="[RUN=]PATH: a SAELens 6 SAE folder (ours or any tool's) to score at its own site "
     "(hook_name, hook_head_index); repeatable. Without RUN=, on every model it fits.",
 )
-@click.option("--n-per-task", default=1000, show_default=True, help="Half fit, half scored.")
+@click.option("-n", "--n-per-task", default=1000, show_default=True, help="Half fit, half scored.")
 @click.option("--sae-steps", default=500, show_default=True)
 @click.option("--sae-k", default=8, show_default=True)
 @click.option("--seed", default=0, show_default=True)

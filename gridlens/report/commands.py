@@ -37,10 +37,14 @@ from gridlens.io import OutputPath
     help="How many quizzes each stage uses: small takes minutes on a CPU, full much longer.",
 )
 @click.option(
-    "--n-per-task", type=int, default=None, help="Analysis quizzes per task (overrides --size)."
+    "-n",
+    "--n-per-task",
+    type=int,
+    default=None,
+    help="Analysis quizzes per task (overrides --size).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
+@click.option("--device", default="auto", show_default=True, help="auto (cuda if any), cpu, cuda:1")
 @click.option(
     "--population",
     type=click.Path(file_okay=False),
@@ -63,7 +67,9 @@ def report(model, tasks, out, size, n_per_task, seed, device, population, sae, n
       gridlens report --tasks frame,contact --n-per-task 32
     """
     from gridlens.report.build import build_report
+    from gridlens.training.trainer import resolve_device
 
+    device = str(resolve_device(device))
     args = ["gridlens", "report", "--model", model, "--tasks", tasks, "--out", out]
     args += ["--size", size, "--seed", str(seed), "--device", device]
     if n_per_task is not None:

@@ -238,7 +238,7 @@ def cache_command(
 @click.option("--model", "model_path", default="default", show_default=True, help="Model.")
 @click.option("--sae", "sae_path", default="default", show_default=True, help="SAE directory.")
 @click.option("--tasks", default="default", show_default=True, help="Tasks of the quiz set.")
-@click.option("--n-per-task", type=int, default=32, show_default=True)
+@click.option("-n", "--n-per-task", type=int, default=32, show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the quiz set.")
 @click.option(
     "--positions",
@@ -253,7 +253,7 @@ def cache_command(
     default=None,
     help="Write sae_eval.json and sae_eval.png here.",
 )
-@click.option("--device", default=None, help="cpu, cuda ... (default: where the model loads).")
+@click.option("--device", default="auto", show_default=True, help="auto (cuda if any), cpu, cuda:1")
 @click.option(
     "--encoder",
     default="learned",
@@ -274,12 +274,13 @@ def eval_command(
     from gridlens.sae.io import load_sae
     from gridlens.sae.metrics import evaluate_sae
     from gridlens.sae.pursuit import ENCODERS
+    from gridlens.training.trainer import resolve_device
 
     encoders = tuple(e.strip() for e in encoder.split(",") if e.strip())
     for name in encoders:
         if name not in ENCODERS:
             raise unknown_name("encoder", name, ENCODERS)
-    model = load(model_path, device=device)
+    model = load(model_path, device=resolve_device(device))
     sae_model = load_sae(sae_path, device=model.device)
     quizzes = quiz_set(tasks, n_per_task=n_per_task, seed=seed)
     if k_sweep is not None:

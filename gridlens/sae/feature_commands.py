@@ -39,7 +39,7 @@ def _common(fn: Callable) -> Callable:
             help="tasks of the quiz set (names, comma-separated, 'default' or 'all')",
         ),
         click.option(
-            "--n-per-task", default=32, show_default=True, type=int, help="quizzes per task"
+            "-n", "--n-per-task", default=32, show_default=True, type=int, help="quizzes per task"
         ),
         click.option("--seed", default=0, show_default=True, type=int, help="quiz set seed"),
         click.option(
@@ -49,18 +49,22 @@ def _common(fn: Callable) -> Callable:
             type=OutputPath("dir"),
             help="output folder for PNG and JSON",
         ),
+        click.option(
+            "--device", default="auto", show_default=True, help="auto (cuda if any), cpu, cuda:1"
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-def _load(model_path: str, sae_path: str, tasks: str, n_per_task: int, seed: int):
+def _load(model_path: str, sae_path: str, tasks: str, n_per_task: int, seed: int, device: str):
     from gridlens.analysis.core import quiz_set
     from gridlens.models.checkpoints import load
     from gridlens.sae.io import load_sae
+    from gridlens.training.trainer import resolve_device
 
-    model = load(model_path)
+    model = load(model_path, device=resolve_device(device))
     sae = load_sae(sae_path, device=model.device)
     if sae.cfg.hook_name not in model.hook_names:
         raise ConfigError(f"the SAE reads {sae.cfg.hook_name!r}, which this model does not have")
@@ -116,6 +120,7 @@ def features(
     n_per_task,
     seed,
     out_dir,
+    device,
     positions,
     latents,
     n_latents,
@@ -131,7 +136,7 @@ def features(
     )
     from gridlens.sae.labels import label_latents
 
-    model, sae, quizzes = _load(model_path, sae_path, tasks, n_per_task, seed)
+    model, sae, quizzes = _load(model_path, sae_path, tasks, n_per_task, seed, device)
     out = Path(out_dir)
     acts = latent_activations(model, sae, quizzes, positions)
     expression = expression_matrix(acts)
@@ -186,6 +191,7 @@ def dashboard(
     n_per_task,
     seed,
     out_dir,
+    device,
     positions,
     latents,
     n_latents,
@@ -194,7 +200,7 @@ def dashboard(
     """A static HTML dashboard (index + one page per latent) in --out; open index.html."""
     from gridlens.sae.dashboard import write_dashboard
 
-    model, sae, quizzes = _load(model_path, sae_path, tasks, n_per_task, seed)
+    model, sae, quizzes = _load(model_path, sae_path, tasks, n_per_task, seed, device)
     index = write_dashboard(
         model,
         sae,
@@ -261,6 +267,7 @@ def steer(
     n_per_task,
     seed,
     out_dir,
+    device,
     latents,
     direction_path,
     scales,
@@ -271,7 +278,7 @@ def steer(
     from gridlens.sae.steering import decoder_direction
     from gridlens.sae.steering import steer as run_steer
 
-    model, sae, quizzes = _load(model_path, sae_path, tasks, n_per_task, seed)
+    model, sae, quizzes = _load(model_path, sae_path, tasks, n_per_task, seed, device)
     chosen = _int_list(latents, "--latents")
     if (chosen is None) == (direction_path is None):
         raise ConfigError("give exactly one of --latents and --direction")
@@ -325,6 +332,7 @@ def attribute(
     n_per_task,
     seed,
     out_dir,
+    device,
     top_k,
     amplify,
     mask_task,
@@ -336,7 +344,7 @@ def attribute(
     from gridlens.analysis.core import grid_metrics
     from gridlens.sae import attribution
 
-    model, sae, quizzes = _load(model_path, sae_path, tasks, n_per_task, seed)
+    model, sae, quizzes = _load(model_path, sae_path, tasks, n_per_task, seed, device)
     out = Path(out_dir)
     result = attribution.attribute(model, sae, quizzes)
     result.plot(out / "attribution.png")

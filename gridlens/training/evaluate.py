@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from gridlens.notebook import Tabular, findings_html, image_html, table_html
 from gridlens.plotting import finish, pyplot
 from gridlens.world import check
 from gridlens.world import structures as st
@@ -73,7 +74,7 @@ class _Counts:
 
 
 @dataclass
-class EvalResult:
+class EvalResult(Tabular):
     tasks: dict[str, dict[str, Any]]
     structures: dict[str, dict[str, Any]]
     by_task_structure: dict[str, dict[str, dict[str, Any]]]
@@ -89,6 +90,18 @@ class EvalResult:
             "overall": self.overall,
             **self.meta,
         }
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One row per task, then per structure, then overall (`group` says which)."""
+        rows = [{"group": "task", "name": t, **m} for t, m in self.tasks.items()]
+        rows += [{"group": "structure", "name": s, **m} for s, m in self.structures.items()]
+        return [*rows, {"group": "overall", "name": "all", **self.overall}]
+
+    def _repr_html_(self) -> str:
+        greedy = self.overall["accuracy_greedy"]
+        head = f"greedy accuracy {greedy:.1%} on {self.overall['n']} quizzes"
+        chart = image_html(bar_chart(self), "accuracy per task")
+        return f"<div>{findings_html([head])}{chart}{table_html(self.to_records())}</div>"
 
     def table(self) -> str:
         """A plain-text table: one row per task, then per structure, then overall."""

@@ -61,13 +61,14 @@ def culture() -> None:
 @click.option("--resume", is_flag=True, help="Continue the population in --out.")
 @click.option("--rounds", type=int, default=None, help="Run until this many rounds are done.")
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a setting.")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (cuda if any), cpu, cuda:1")
 @click.option("--threads", type=int, default=None, help="torch CPU threads.")
 @click.option("--no-progress", is_flag=True)
 def run_command(out, preset, resume, rounds, sets, device, threads, no_progress) -> None:
     """Train a population and grow its culture; every round is saved and resumable."""
     from gridlens.training.culture.config import CultureConfig, get_culture_preset
     from gridlens.training.culture.loop import run_culture
+    from gridlens.training.trainer import resolve_device
 
     if threads:
         import torch
@@ -83,7 +84,12 @@ def run_command(out, preset, resume, rounds, sets, device, threads, no_progress)
         base = get_culture_preset(preset or "cpu")
     cfg = base.replace(**overrides)
     summary = run_culture(
-        cfg, out, resume=resume, device=device, progress=not no_progress, echo=click.echo
+        cfg,
+        out,
+        resume=resume,
+        device=resolve_device(device),
+        progress=not no_progress,
+        echo=click.echo,
     )
     click.echo(json.dumps(summary))
 
@@ -136,7 +142,7 @@ def import_command(population, c_quizzes) -> None:
 @click.option("--population", type=click.Path(file_okay=False), required=True)
 @click.option("--site", default="blocks.1.mlp.hook_post", show_default=True, help="Hook site.")
 @click.option("--models", default="0,1", show_default=True, help="Two member indices: A,B.")
-@click.option("--quizzes", type=int, default=64, show_default=True, help="Shared inputs.")
+@click.option("-n", "--quizzes", type=int, default=64, show_default=True, help="Shared inputs.")
 @click.option("--sae-a", type=click.Path(file_okay=False), default=None, help="SAE of model A.")
 @click.option("--sae-b", type=click.Path(file_okay=False), default=None, help="SAE of model B.")
 @click.option("--out", type=OutputPath("dir"), default=None, help="Default POP/report.")
