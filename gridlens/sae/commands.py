@@ -18,6 +18,7 @@ import click
 
 from gridlens.errors import ConfigError, unknown_name
 from gridlens.io import OutputPath
+from gridlens.progress import Stages
 from gridlens.sae.architectures import ARCHITECTURES
 from gridlens.sae.feature_commands import COMMANDS
 
@@ -280,16 +281,19 @@ def eval_command(
     for name in encoders:
         if name not in ENCODERS:
             raise unknown_name("encoder", name, ENCODERS)
-    model = load(model_path, device=resolve_device(device))
-    sae_model = load_sae(sae_path, device=model.device)
-    quizzes = quiz_set(tasks, n_per_task=n_per_task, seed=seed)
-    if k_sweep is not None:
-        _k_sweep(model, sae_model, quizzes, k_sweep, positions, out)
-        return
-    if encoders != ("learned",):
-        _compare_encoders(model, sae_model, quizzes, encoders, l0, positions, greedy, out)
-        return
-    result = evaluate_sae(model, sae_model, quizzes, positions, greedy=greedy)
+    stage = Stages("sae eval", 2)
+    with stage("loading the model and SAE"):
+        model = load(model_path, device=resolve_device(device))
+        sae_model = load_sae(sae_path, device=model.device)
+        quizzes = quiz_set(tasks, n_per_task=n_per_task, seed=seed)
+    with stage("evaluation"):
+        if k_sweep is not None:
+            _k_sweep(model, sae_model, quizzes, k_sweep, positions, out)
+            return
+        if encoders != ("learned",):
+            _compare_encoders(model, sae_model, quizzes, encoders, l0, positions, greedy, out)
+            return
+        result = evaluate_sae(model, sae_model, quizzes, positions, greedy=greedy)
     for line in result.findings():
         click.echo(line)
     if out is not None:

@@ -13,6 +13,7 @@ import click
 
 from gridlens.errors import ConfigError
 from gridlens.io import OutputPath, atomic_write
+from gridlens.progress import Stages
 
 
 def _common(fn: Callable) -> Callable:
@@ -136,21 +137,25 @@ def features(
     )
     from gridlens.sae.labels import label_latents
 
-    model, sae, quizzes = _load(model_path, sae_path, tasks, n_per_task, seed, device)
+    stage = Stages("sae features", 4)
+    with stage("loading the model and SAE"):
+        model, sae, quizzes = _load(model_path, sae_path, tasks, n_per_task, seed, device)
     out = Path(out_dir)
-    acts = latent_activations(model, sae, quizzes, positions)
-    expression = expression_matrix(acts)
-    labels = label_latents(acts)
+    with stage("latent activations and labels"):
+        acts = latent_activations(model, sae, quizzes, positions)
+        expression = expression_matrix(acts)
+        labels = label_latents(acts)
     chosen = _int_list(latents, "--latents") or choose_latents(expression, labels, n_latents)
-    expression.plot(out / "expression.png")
-    labels.plot(out / "labels_f1.png")
-    written = [out / "expression.png", *labels.write(out), out / "labels_f1.png"]
-    for j in chosen:
-        if labels.fires[acts.check_latent(j)]:
-            written.append(
-                render_examples(acts, j, out / f"latent_{j:05d}_examples.png", n_examples)
-            )
-    logits = promoted_logits(model, sae)
+    with stage("figures"):
+        expression.plot(out / "expression.png")
+        labels.plot(out / "labels_f1.png")
+        written = [out / "expression.png", *labels.write(out), out / "labels_f1.png"]
+        for j in chosen:
+            if labels.fires[acts.check_latent(j)]:
+                path = out / f"latent_{j:05d}_examples.png"
+                written.append(render_examples(acts, j, path, n_examples))
+    with stage("promoted logits"):
+        logits = promoted_logits(model, sae)
     summary = {
         "hook_name": sae.cfg.hook_name,
         "quizzes": len(quizzes),
@@ -200,17 +205,14 @@ def dashboard(
     """A static HTML dashboard (index + one page per latent) in --out; open index.html."""
     from gridlens.sae.dashboard import write_dashboard
 
-    model, sae, quizzes = _load(model_path, sae_path, tasks, n_per_task, seed, device)
-    index = write_dashboard(
-        model,
-        sae,
-        quizzes,
-        out_dir,
-        _int_list(latents, "--latents"),
-        n_latents,
-        n_examples,
-        positions,
-    )
+    stage = Stages("sae dashboard", 2)
+    with stage("loading the model and SAE"):
+        model, sae, quizzes = _load(model_path, sae_path, tasks, n_per_task, seed, device)
+    chosen = _int_list(latents, "--latents")
+    with stage("dashboard"):
+        index = write_dashboard(
+            model, sae, quizzes, out_dir, chosen, n_latents, n_examples, positions
+        )
     _echo([index])
 
 
@@ -278,7 +280,9 @@ def steer(
     from gridlens.sae.steering import decoder_direction
     from gridlens.sae.steering import steer as run_steer
 
-    model, sae, quizzes = _load(model_path, sae_path, tasks, n_per_task, seed, device)
+    stage = Stages("sae steer", 2)
+    with stage("loading the model and SAE"):
+        model, sae, quizzes = _load(model_path, sae_path, tasks, n_per_task, seed, device)
     chosen = _int_list(latents, "--latents")
     if (chosen is None) == (direction_path is None):
         raise ConfigError("give exactly one of --latents and --direction")
@@ -287,16 +291,10 @@ def steer(
     else:
         path = Path(direction_path)
         direction, what = _read_direction(path, sae.cfg.d_in), f"direction {path.name}"
-    result = run_steer(
-        model,
-        quizzes,
-        direction,
-        sae.cfg.hook_name,
-        _float_list(scales, "--scales"),
-        positions,
-        check_tasks,
-        what,
-    )
+    factors = _float_list(scales, "--scales")
+    with stage("steered generation"):
+        hook = sae.cfg.hook_name
+        result = run_steer(model, quizzes, direction, hook, factors, positions, check_tasks, what)
     out = Path(out_dir)
     data = {**result.to_json(), "findings": result.findings()}
     result.plot(out / "steering.png")
@@ -341,35 +339,28 @@ def attribute(
     gate,
 ) -> None:
     """Gradient x activation per latent and task, a learned mask, ablation and amplification."""
-    from gridlens.analysis.core import grid_metrics
     from gridlens.sae import attribution
 
-    model, sae, quizzes = _load(model_path, sae_path, tasks, n_per_task, seed, device)
+    stage = Stages("sae attribute", 2 + (top_k > 0) + (mask_task is not None))
+    with stage("loading the model and SAE"):
+        model, sae, quizzes = _load(model_path, sae_path, tasks, n_per_task, seed, device)
     out = Path(out_dir)
-    result = attribution.attribute(model, sae, quizzes)
+    with stage("attribution"):
+        result = attribution.attribute(model, sae, quizzes)
     result.plot(out / "attribution.png")
     written = [out / "attribution.png"]
     data: dict[str, Any] = {"attribution": result.to_json(), "findings": result.findings()}
     if top_k > 0:
-        causal = {}
-        for task in result.tasks:
-            rows = quizzes.subset(quizzes.tasks == task)
-            latents = [j for j, a in result.top_latents(task, top_k) if a > 0]
-            if not latents:
-                continue
-            base = grid_metrics(model, rows.tokens, greedy=True).summary(rows.tasks)
-            zeroed = attribution.ablate_latents(model, sae, rows, latents, baseline=base)
-            amplified = attribution.amplify_latents(
-                model, sae, rows, latents, amplify, baseline=base
-            )
-            causal[task] = {"ablate": zeroed.to_json(), "amplify": amplified.to_json()}
-            data["findings"] += zeroed.findings() + amplified.findings()
-        data["causal"] = causal
+        with stage("causal tests"):
+            data["causal"] = _causal_tests(model, sae, quizzes, result, top_k, amplify, data)
     if mask_task is not None:
         rows = quizzes.subset(quizzes.tasks == mask_task)
         if len(rows) == 0:
             raise ConfigError(f"--mask-task {mask_task!r} is not among the quiz set's tasks")
-        mask = attribution.learned_mask(model, sae, rows, penalty, mask_steps, gate=gate, seed=seed)
+        with stage("learned mask"):
+            mask = attribution.learned_mask(
+                model, sae, rows, penalty, mask_steps, gate=gate, seed=seed
+            )
         mask.plot(out / "mask.png")
         written.append(out / "mask.png")
         kept = (
@@ -385,6 +376,25 @@ def attribute(
         data["findings"] += mask.findings() + (kept.findings() if kept else [])
     written.append(_write_json(out / "attribution.json", data))
     _echo(written)
+
+
+def _causal_tests(model, sae, quizzes, result, top_k: int, amplify: float, data: dict) -> dict:
+    """Per task, its top_k latents ablated and amplified; their findings go into `data`."""
+    from gridlens.analysis.core import grid_metrics
+    from gridlens.sae import attribution
+
+    causal = {}
+    for task in result.tasks:
+        rows = quizzes.subset(quizzes.tasks == task)
+        latents = [j for j, a in result.top_latents(task, top_k) if a > 0]
+        if not latents:
+            continue
+        base = grid_metrics(model, rows.tokens, greedy=True).summary(rows.tasks)
+        zeroed = attribution.ablate_latents(model, sae, rows, latents, baseline=base)
+        amplified = attribution.amplify_latents(model, sae, rows, latents, amplify, baseline=base)
+        causal[task] = {"ablate": zeroed.to_json(), "amplify": amplified.to_json()}
+        data["findings"] += zeroed.findings() + amplified.findings()
+    return causal
 
 
 COMMANDS = [features, dashboard, steer, attribute]
