@@ -692,11 +692,9 @@ def _chance(n: int, k: int) -> str:
 
 def _agreement_figure(exact, estimates: dict, path: Path) -> Figure:
     """Scatter of each estimate against the exact scores, one point per head."""
-    import matplotlib
+    from gridlens.plotting import finish, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     x = np.nan_to_num(exact.scores["all"])
     fig, axes = plt.subplots(1, len(estimates), figsize=(4.6 * len(estimates), 4.2), dpi=110)
     for ax, (method, result) in zip(np.atleast_1d(axes), estimates.items(), strict=True):
@@ -713,8 +711,7 @@ def _agreement_figure(exact, estimates: dict, path: Path) -> Figure:
         ax.set_title(f"{_LABEL[method]} vs activation patching, per head", fontsize=10)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    atomic_write(path, lambda handle: fig.savefig(handle, format="png"))
-    plt.close(fig)
+    finish(fig, path)
     return Figure(
         path.name, "Each head's AtP / AtP* estimate against its activation-patching score."
     )

@@ -45,7 +45,6 @@ class QuizBatch:
     def __len__(self) -> int:
         return len(self.tokens)
 
-    @property
     def _repr_html_(self) -> str:
         """A notebook shows a batch as its first quizzes drawn as grids."""
         from gridlens.notebook import image_html
@@ -55,6 +54,7 @@ class QuizBatch:
         note = f"<p>{len(self)} quizzes; the first {SHOWN} drawn</p>" if shown is not self else ""
         return f"<div>{image_html(render_image(shown), 'quizzes')}{note}</div>"
 
+    @property
     def changes(self) -> np.ndarray:
         """[n, 4, H, W] True where X and f(X) differ, set on both grids of the pair."""
         return np.repeat(self.grids[:, 0::2] != self.grids[:, 1::2], 2, axis=1)
