@@ -11,6 +11,7 @@ import click
 
 from gridlens.errors import ConfigError, unknown_name
 from gridlens.io import OutputPath, atomic_write
+from gridlens.progress import Stages
 
 if TYPE_CHECKING:
     from gridlens.training.culture.config import CultureConfig
@@ -172,27 +173,32 @@ def universality_command(
     out_dir.mkdir(parents=True, exist_ok=True)
     if (sae_a is None) != (sae_b is None):
         raise ConfigError("give both --sae-a and --sae-b, or neither")
-    if sae_a is not None:
-        from gridlens.sae.io import load_sae
+    stage = Stages("culture universality", 3 if all_pairs else 2)
+    with stage("correlations"):
+        if sae_a is not None:
+            from gridlens.sae.io import load_sae
 
-        result = un.latent_universality(
-            members[a], load_sae(sae_a), members[b], load_sae(sae_b), tokens
-        )
-        stem = "universality_sae"
-    else:
-        result = un.neuron_universality(members[a], members[b], tokens, site)
-        stem = "universality"
+            result = un.latent_universality(
+                members[a], load_sae(sae_a), members[b], load_sae(sae_b), tokens
+            )
+            stem = "universality_sae"
+        else:
+            result = un.neuron_universality(members[a], members[b], tokens, site)
+            stem = "universality"
     figure = out_dir / f"{stem}.png"
-    result.plot(figure)
     data = {"models": [a, b], **result.to_json()}
     if all_pairs:
 
         def measure(x, y):
             return un.neuron_universality(x, y, tokens, site)
 
-        matrix = un.pairwise(members, measure)
+        with stage("every pair of members"):
+            matrix = un.pairwise(members, measure)
         data["pairwise_mean_max_match"] = matrix.tolist()
-        un.plot_pairwise(matrix, out_dir / "universality_pairs.png", f"neurons at {site}")
+    with stage("figures"):
+        result.plot(figure)
+        if all_pairs:
+            un.plot_pairwise(matrix, out_dir / "universality_pairs.png", f"neurons at {site}")
     text = json.dumps(data, indent=2) + "\n"
     atomic_write(out_dir / f"{stem}.json", lambda handle: handle.write(text.encode()))
     for line in result.findings():
