@@ -178,6 +178,10 @@ def test_a_quiz_batch_shows_its_grids_inline():
     expected = np.asarray(render_image(many.subset(np.arange(8))))
     np.testing.assert_array_equal(image[..., :3], expected[..., :3])
     assert "10 quizzes; the first 8 drawn" in html
+    from gridlens.analysis import quiz_set
+
+    quizzes = quiz_set(("frame",), 2, seed=0)
+    assert quizzes._repr_html_() == quizzes.batch._repr_html_()
 
 
 def test_ablation_html_records_and_dataframe():
@@ -248,6 +252,42 @@ def test_an_sae_latent_shows_examples_histogram_and_rates():
         assert row["mean_activation"] == pytest.approx(float(dense[mine][dense[mine] > 0].mean()))
     with pytest.raises(GridlensError, match="outside"):
         acts.latent(8)
+
+
+def test_probe_heads_and_sae_metrics_html_and_records():
+    from gridlens.analysis import HeadClassification, ProbeResult
+    from gridlens.analysis.attention import CATEGORIES
+    from gridlens.sae import SAEMetrics
+    from gridlens.sae.metrics import PER_TASK
+
+    sites = ["hook_embed", "blocks.0.hook_resid_post"]
+    probes = ProbeResult(
+        annotation="changes", target="input", control="type", sites=sites,
+        accuracy={sites[0]: 0.6, sites[1]: 0.9}, control_accuracy={sites[0]: 0.5, sites[1]: 0.5},
+        task_accuracy={s: {"frame": 0.7} for s in sites}, baseline=0.55, n_classes=2,
+        n_train=30, n_test=10,
+    )  # fmt: skip
+    mass = np.zeros((2, len(CATEGORIES)))
+    mass[0, 0], mass[1, 1], mass[1, 2] = 1.0, 0.4, 0.6
+    heads = HeadClassification(
+        heads=["L0H0", "L0H1"], mass_predicted=mass, mass_all=mass, per_task={"frame": mass},
+        entropy_bits=np.array([0.1, 1.0]), top_offset=np.array([100, 1]),
+        top_offset_mass=np.array([0.9, 0.4]),
+    )  # fmt: skip
+    values = {m: {"frame": 0.5, "all": 0.5} for m in PER_TASK}
+    values["explained_variance"] = {"frame": 0.8, "all": 0.8}
+    sae = SAEMetrics(
+        hook_name="blocks.1.hook_mlp_out", architecture="topk", d_sae=8, positions="grid",
+        n_quizzes=2, n_rows=200, values=values, firing_frequency=np.linspace(0, 0.5, 8),
+    )  # fmt: skip
+    for result in (probes, heads, sae):
+        assert len(inline_images(result._repr_html_())) == 1
+        assert json.loads(json.dumps(result.to_records())) == result.to_records()
+    assert [r["selectivity"] for r in probes.to_records()] == pytest.approx([0.1, 0.4])
+    rows = heads.to_records()
+    assert [r["label"] for r in rows] == [CATEGORIES[0], CATEGORIES[2]]
+    assert rows[1][CATEGORIES[1]] == pytest.approx(0.4) and rows[0]["top_offset"] == 100
+    assert sae.to_dataframe().set_index("task").loc["frame", "explained_variance"] == 0.8
 
 
 def test_to_dataframe_without_pandas_says_how_to_get_it(monkeypatch):

@@ -23,6 +23,7 @@ import torch
 
 from gridlens.analysis.core import ComponentError, QuizSet, component_names, parse_component
 from gridlens.errors import ConfigError, TokenError
+from gridlens.notebook import Tabular, result_html
 from gridlens.plotting import finish, pyplot
 from gridlens.world.tokens import COLOR_RGB, N_COLORS, TOKEN_TO_GRID, grid_size_from_length
 
@@ -125,7 +126,7 @@ def _patterns(model, tokens: torch.Tensor, layers: list[int]) -> dict[int, torch
 
 
 @dataclass
-class HeadClassification:
+class HeadClassification(Tabular):
     """Attention mass by key category for every head (see CATEGORIES / CATEGORY_HELP).
 
     mass_predicted: [heads, categories] averaged over quizzes and over the queries that predict
@@ -189,6 +190,19 @@ class HeadClassification:
                 f"({self.top_offset_mass[i]:.2f}) | {self.entropy_bits[i]:.2f} | {values} |"
             )
         return "\n".join(lines)
+
+    def to_records(self) -> list[dict]:
+        """One row per head: its label, entropy, top offset and mass on every key category."""
+        return [
+            {"head": head, "label": label, "entropy_bits": float(self.entropy_bits[i]),
+             "top_offset": int(self.top_offset[i]),
+             **{c: float(self.mass_predicted[i, j]) for j, c in enumerate(self.categories)}}
+            for i, (head, (label, _)) in enumerate(zip(self.heads, self.labels(), strict=True))
+        ]  # fmt: skip
+
+    def _repr_html_(self) -> str:
+        title = f"attention of {len(self.heads)} heads by key category"
+        return result_html(title, self.findings(), self.plot(), self.to_records())
 
     def findings(self) -> list[str]:
         labels = self.labels()

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from gridlens.analysis.core import QuizSet
 from gridlens.errors import ConfigError, unknown_name
 from gridlens.models.hooks import PATTERN_SITES, resolve_names
+from gridlens.notebook import Tabular, result_html
 from gridlens.plotting import finish, pyplot
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ def fit_probe(
 
 
 @dataclass
-class ProbeResult:
+class ProbeResult(Tabular):
     """Held-out accuracy of a linear probe per site, with the references to read it against."""
 
     annotation: str
@@ -169,6 +170,19 @@ class ProbeResult:
             "n_train": self.n_train,
             "n_test": self.n_test,
         }
+
+    def to_records(self) -> list[dict]:
+        """One row per site: held-out accuracy, the control's, selectivity, majority class."""
+        selectivity = self.selectivity()
+        return [
+            {"site": s, "accuracy": self.accuracy[s], "control_accuracy": self.control_accuracy[s],
+             "selectivity": selectivity[s], "majority": self.baseline}
+            for s in self.sites
+        ]  # fmt: skip
+
+    def _repr_html_(self) -> str:
+        title = f"linear probes for '{self.annotation}' (control: {self.control})"
+        return result_html(title, self.findings(), self.plot(), self.to_records())
 
     def findings(self) -> list[str]:
         """The most selective site, stated against its control; at chance (selectivity under

@@ -30,6 +30,7 @@ import torch
 
 from gridlens.analysis.core import QuizSet, grid_metrics
 from gridlens.models.hooks import HookPoint
+from gridlens.notebook import Tabular, result_html
 from gridlens.plotting import finish, pyplot
 from gridlens.sae.activations import collect, position_mask
 from gridlens.sae.model import SparseAutoencoder
@@ -57,7 +58,7 @@ PER_TASK = (
 
 
 @dataclass
-class SAEMetrics:
+class SAEMetrics(Tabular):
     """Per-task metrics (each a dict task -> value, with "all") and the latents' firing rates."""
 
     hook_name: str
@@ -126,6 +127,15 @@ class SAEMetrics:
         )
         fig.tight_layout()
         return finish(fig, path, dpi=100)
+
+    def to_records(self) -> list[dict]:
+        """One row per task (and "all"): every per-task metric."""
+        tasks = list(self.values["explained_variance"])
+        return [{"task": t, **{m: v[t] for m, v in self.values.items()}} for t in tasks]
+
+    def _repr_html_(self) -> str:
+        title = f"SAE {self.architecture} d_sae={self.d_sae} at {self.hook_name}"
+        return result_html(title, self.findings(), self.plot(), self.to_records())
 
     def findings(self) -> list[str]:
         v = {name: per["all"] for name, per in self.values.items()}
