@@ -11,6 +11,7 @@ import click
 
 from gridlens.errors import ConfigError
 from gridlens.io import OutputPath, save_or_rescue
+from gridlens.progress import Stages
 
 
 @click.group()
@@ -209,8 +210,10 @@ def eval_(
 
     if n_per_task < 4:
         raise ConfigError(f"--n-per-task must be >= 4, got {n_per_task}")
-    folder, shipped = resolve_run(run_dir)
-    model, bench, _meta = load_run(folder)
+    stage = Stages("groundtruth eval", 4)
+    with stage("loading the run"):
+        folder, shipped = resolve_run(run_dir)
+        model, bench, _meta = load_run(folder)
     out = Path(out_dir) if out_dir else Path(f"{run_dir}-eval" if shipped else folder / "eval")
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -218,13 +221,16 @@ def eval_(
     test_tokens, _ = bench.generate(n_per_task - n_per_task // 2, rng)
     t0 = time.perf_counter()
     report: dict = {"run": str(folder), "shipped": shipped, "benchmark": bench.describe()}
-    m = report["metrics"] = evaluate(model, bench, torch.cat([fit_tokens, test_tokens]))
+    with stage("accuracy, IIA and SIIA"):
+        m = report["metrics"] = evaluate(model, bench, torch.cat([fit_tokens, test_tokens]))
     click.echo(f"accuracy {m['accuracy']:.5f}  IIA {m['iia']:.5f}  SIIA {m['siia']:.5f}")
     if json_path:
         _write_metrics_json(Path(json_path), report, n_per_task, seed)
     sae = dict(n_latents=sae_latents or None, arch=sae_arch, k=sae_k, sae_steps=sae_steps)
-    report["sae"] = _eval_saes(model, bench, fit_tokens, test_tokens, out, seed, sae)
-    report["circuit_discovery"] = _eval_circuits(model, bench, test_tokens, out)
+    with stage("SAEs against the known variables"):
+        report["sae"] = _eval_saes(model, bench, fit_tokens, test_tokens, out, seed, sae)
+    with stage("circuit discovery"):
+        report["circuit_discovery"] = _eval_circuits(model, bench, test_tokens, out)
     report["seconds"] = time.perf_counter() - t0
     (out / "eval.json").write_text(json.dumps(_jsonable(report), indent=1))
     click.echo(f"wrote {out}/eval.json and figures")
