@@ -19,6 +19,7 @@ _EXPORTS = {
     "FeatureActivations": "features",
     "GatedSAE": "gated",
     "LabelResult": "labels",
+    "Latent": "features",
     "MaskResult": "attribution",
     "PromotedLogits": "features",
     "SAEConfig": "model",
