@@ -8,11 +8,13 @@ import importlib
 import inspect
 import io
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -295,3 +297,24 @@ def test_to_dataframe_without_pandas_says_how_to_get_it(monkeypatch):
     with pytest.raises(MissingDependencyError, match="pip install pandas"):
         ablation_result().to_dataframe()
     assert ablation_result().to_records()  # records need nothing
+
+
+@pytest.mark.slow  # starts a Jupyter kernel: about 16 s on a loaded 2-core machine
+def test_a_notebook_shows_each_figure_once_and_a_batch_as_html():
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell(
+            "import numpy as np\nfrom gridlens.analysis import plot_pairwise\n"
+            "plot_pairwise(np.eye(2), title='pairs')"
+        ),
+        nbformat.v4.new_code_cell("from gridlens.world import generate\ngenerate('frame', 2)"),
+    ]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    with patch.dict(os.environ, env):
+        nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
+    figure, batch = ([out["data"] for out in cell.outputs] for cell in notebook.cells)
+    assert len(figure) == 1 and "image/png" in figure[0]  # the returned Figure, not twice
+    assert len(batch) == 1 and "<img" in batch[0]["text/html"]
