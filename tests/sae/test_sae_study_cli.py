@@ -1,0 +1,52 @@
+"""The CLI paths of the dictionary-learning additions, end to end at toy sizes: `sae train`
+with a gated architecture and ghost grads, `sae eval --encoder` and `--k-sweep`, `sae finetune`
+and `sae split`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gridlens.cli import main
+from gridlens.sae.io import load_sae
+
+QUIZ = ["--tasks", "contact", "--n-per-task", "1"]
+
+
+def test_cli_gated_ghost_train_then_pursuit_eval(tmp_path):
+    out = tmp_path / "gated"
+    main(["sae", "train", "--preset", "tiny", "--arch", "gated", "--ghost-grads", "improved",
+          "--tokens", "1024", "--batch-size", "512", "--buffer-quizzes", "12", "--out", str(out),
+          "--no-progress", "--device", "cpu"])  # fmt: skip
+    summary = json.loads((out / "training.json").read_text())
+    assert summary["sae"]["architecture"] == "gated"
+    assert summary["train"]["ghost_grads"] == "improved"
+    assert load_sae(out).cfg.architecture == "gated"
+    main(["sae", "eval", "--sae", str(out), *QUIZ, "--no-greedy", "--encoder", "learned,mp",
+          "--l0", "4", "--out", str(out)])  # fmt: skip
+    report = json.loads((out / "sae_encoders.json").read_text())
+    assert report["pursuit_l0"] == 4 and set(report["summary"]) == {"learned", "mp"}
+    assert report["summary"]["mp"]["l0"] <= 4
+
+
+def test_cli_k_sweep_and_bad_encoder(tmp_path, capsys):
+    main(["sae", "eval", *QUIZ, "--k-sweep", "4,32", "--out", str(tmp_path)])
+    sweep = json.loads((tmp_path / "sae_k_sweep.json").read_text())["sweep"]
+    assert sweep["4"]["l0"] <= 4 < sweep["32"]["l0"] <= 32
+    assert sweep["4"]["explained_variance"] < sweep["32"]["explained_variance"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sae", "eval", *QUIZ, "--encoder", "omp"])
+    assert exit_info.value.code == 2 and "encoder" in capsys.readouterr().err
+
+
+def test_cli_finetune(tmp_path, capsys):
+    args = ["sae", "finetune", "--tasks", "contact", "--steps", "2", "-n", "2", "--held-out", "1"]
+    main([*args, "--out", str(tmp_path), "--no-progress"])
+    data = json.loads((tmp_path / "finetune.json").read_text())
+    assert data["format"] == "gridlens.sae_finetune" and len(data["history"]) == 2
+    assert load_sae(tmp_path / "sae").cfg.architecture == "topk"
+    assert (tmp_path / "finetune.png").is_file()
+    with pytest.raises(SystemExit) as exit_info:  # never overwrites
+        main([*args, "--out", str(tmp_path), "--no-progress"])
+    assert exit_info.value.code == 2 and "already holds" in capsys.readouterr().err
