@@ -73,4 +73,90 @@ def finetune(
     click.echo(f"wrote {out / 'sae'}, " + ", ".join(str(p) for p in written))
 
 
-COMMANDS = [finetune]
+def _sizes(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--sizes must be comma-separated integers, got {text!r}") from None
+
+
+@click.command("split")
+@click.option("--model", "model_path", default="default", show_default=True, help="Model.")
+@click.option("--site", default="blocks.3.hook_mlp_out", show_default=True, help="Hook name.")
+@click.option("--sizes", default="32,64,128", show_default=True, help="Dictionary sizes.")
+@click.option("--saes", default=None, help="Comma-separated SAE directories instead of training.")
+@click.option("--arch", default="topk", show_default=True, help="Architecture of the family.")
+@click.option("--k", type=int, default=8, show_default=True, help="topk / batchtopk k.")
+@click.option("--tokens", type=int, default=100_000, show_default=True, help="Rows per SAE.")
+@click.option("--batch-size", type=int, default=1024, show_default=True)
+@click.option(
+    "-n",
+    "n_quizzes",
+    type=int,
+    default=200,
+    show_default=True,
+    help="Quizzes whose activations the family trains on.",
+)
+@click.option("--tasks", default="default", show_default=True, help="Tasks (training, labels).")
+@click.option("--n-per-task", type=int, default=4, show_default=True, help="Quizzes to label on.")
+@click.option(
+    "--roots",
+    default=None,
+    help="Latents of the smallest SAE to draw (default: the 3 with the largest trees).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default=None, help="cpu, cuda ... (default: where the model loads).")
+@click.option("--out", type=OutputPath("dir"), required=True, help="Output folder.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def split(
+    model_path, site, sizes, saes, arch, k, tokens, batch_size, n_quizzes, tasks, n_per_task,
+    roots, seed, device, out, no_progress,
+):  # fmt: skip
+    """Feature splitting: train SAEs of growing size on one site (or read --saes), match each
+    latent to its parent one size down by decoder cosine, and draw the splitting tree with the
+    world-derived labels; writes OUT/sae_<size> (SAELens format), split.json and split.png."""
+    from gridlens.analysis.core import quiz_set
+    from gridlens.models.checkpoints import load
+    from gridlens.sae.io import load_sae, save_sae
+    from gridlens.sae.splitting import feature_splitting
+
+    out = Path(out)
+    sizes = _sizes(sizes)
+    trained = saes is None
+    _fresh(out, ["split.json", "split.png", *([f"sae_{s}" for s in sizes] if trained else [])])
+    model = load(model_path, device=device)
+    if trained:
+        family = _train_family(model, site, sizes, arch, k, tokens, batch_size, n_quizzes, tasks,
+                               seed, not no_progress)  # fmt: skip
+        for sae in family:
+            save_sae(sae, out / f"sae_{sae.cfg.d_sae}", training={"family": sizes})
+    else:
+        family = [load_sae(p.strip(), device=model.device) for p in saes.split(",") if p.strip()]
+    result = feature_splitting(model, family, quiz_set(tasks, n_per_task, seed=seed + 1))
+    chosen = [int(r) for r in roots.split(",")] if roots else None
+    data = {**result.to_json(), "findings": result.findings()}
+    written = [_write_json(out / "split.json", data), result.plot(out / "split.png", chosen)]
+    for line in result.findings():
+        click.echo(line)
+    click.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+def _train_family(model, site, sizes, arch, k, tokens, batch_size, n_quizzes, tasks, seed, bar):
+    from gridlens.sae.activations import collect, site_width
+    from gridlens.sae.model import SAEConfig
+    from gridlens.sae.splitting import train_family
+    from gridlens.sae.train import SAETrainConfig
+    from gridlens.world import generate
+
+    base = SAEConfig(site_width(model, site), min(sizes), arch, site, k=min(k, min(sizes)))
+    cfg = SAETrainConfig(
+        tokens=tokens, batch_size=batch_size, warmup_steps=5, dead_after_tokens=tokens // 5,
+        seed=seed, device=str(model.device), progress=bar, log_every=10**9,
+        checkpoint_every=10**9,
+    )  # fmt: skip
+    quizzes = generate(tasks, n_quizzes, seed=seed, structure="mix").tokens
+    rows = collect(model, quizzes, site, "grid", 64)
+    return train_family(rows, base, sizes, cfg, progress=bar)
+
+
+COMMANDS = [finetune, split]

@@ -50,3 +50,19 @@ def test_cli_finetune(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:  # never overwrites
         main([*args, "--out", str(tmp_path), "--no-progress"])
     assert exit_info.value.code == 2 and "already holds" in capsys.readouterr().err
+
+
+def test_cli_split(tmp_path):
+    main(["sae", "split", "--sizes", "8,16", "--k", "4", "--tokens", "2048", "--batch-size",
+          "512", "-n", "24", "--tasks", "contact", "--n-per-task", "1", "--out", str(tmp_path),
+          "--no-progress"])  # fmt: skip
+    data = json.loads((tmp_path / "split.json").read_text())
+    assert data["sizes"] == [8, 16] and len(data["summary"]) == 1
+    for level in data["levels"][1:]:
+        assert all(0 <= v["parent"] < 8 for v in level["latents"].values())
+    assert load_sae(tmp_path / "sae_16").cfg.d_sae == 16 and (tmp_path / "split.png").is_file()
+    family = f"{tmp_path / 'sae_8'},{tmp_path / 'sae_16'}"
+    main(["sae", "split", "--saes", family, "--tasks", "contact", "--n-per-task", "1", "--out",
+          str(tmp_path / "again"), "--no-progress"])  # fmt: skip
+    again = json.loads((tmp_path / "again" / "split.json").read_text())
+    assert again["levels"] == data["levels"]
