@@ -22,13 +22,13 @@ import torch
 
 from gridlens.analysis.core import QuizSet
 from gridlens.errors import ConfigError
-from gridlens.models.generate import complete
+from gridlens.models.generate import complete, last_grid_positions
 from gridlens.plotting import save_figure
 from gridlens.sae.features import recorded_positions
 from gridlens.world import get_task
 from gridlens.world.structures import to_forward_tokens
 from gridlens.world.tasks import resolve_tasks
-from gridlens.world.tokens import tokens_to_grids
+from gridlens.world.tokens import N_COLORS, tokens_to_grids
 
 
 def steering_hook(hook_name: str, vector: torch.Tensor, positions: np.ndarray) -> tuple:
@@ -230,3 +230,47 @@ def _score(out: torch.Tensor, tokens: torch.Tensor, tasks: np.ndarray, checks: l
         "none": _shares(~any_valid, tasks),
     }
     return correct, scored
+
+
+# ------------------------------------------------------------------------------ generation metrics
+
+GENERATION_METRICS = (
+    "accuracy", "cell_accuracy", "valid_own", "valid_other_only", "valid_none", "unseen_colour",
+    "changed_cells",
+)  # fmt: skip
+
+
+def generation_metrics(
+    out: torch.Tensor,
+    tokens: torch.Tensor,
+    tasks: np.ndarray,
+    check_tasks: Sequence[str],
+    base: torch.Tensor | None = None,
+) -> dict[str, dict[str, float]]:
+    """How generated quizzes `out` [n, L] (their last grid generated) fare, per task and "all":
+    exact `accuracy` and `cell_accuracy` against `tokens`; rule validity from the checkers
+    (`valid_own`: its own task's rule; `valid_other_only`: another checked rule but not its
+    own; `valid_none`: no checked rule, an out-of-distribution answer); `unseen_colour`: the
+    answer uses a colour found in none of the three prompt grids (also out of distribution);
+    `changed_cells`: share of answer cells differing from `base` (e.g. the unedited output)."""
+    cells = last_grid_positions(tokens.shape[1])
+    answer, truth = out[:, cells].cpu(), tokens[:, cells].cpu()
+    valid = rule_validity(out, check_tasks)
+    own = np.array([valid[t][i] if t in valid else False for i, t in enumerate(tasks.tolist())])
+    any_valid = np.zeros(len(tasks), dtype=bool)
+    for v in valid.values():
+        any_valid |= v
+    prompt = tokens[:, : cells.start].cpu()
+    seen = torch.stack([(prompt == c).any(1) for c in range(N_COLORS)], 1)
+    used = torch.stack([(answer == c).any(1) for c in range(N_COLORS)], 1)
+    changed = torch.zeros(len(tasks)) if base is None else (answer != base[:, cells].cpu())
+    values = {
+        "accuracy": (answer == truth).all(1).numpy(),
+        "cell_accuracy": (answer == truth).float().mean(1).numpy(),
+        "valid_own": own,
+        "valid_other_only": any_valid & ~own,
+        "valid_none": ~any_valid,
+        "unseen_colour": (used & ~seen).any(1).numpy(),
+        "changed_cells": changed.float().reshape(len(tasks), -1).mean(1).numpy(),
+    }
+    return {name: _shares(np.asarray(v, dtype=np.float64), tasks) for name, v in values.items()}
