@@ -479,8 +479,8 @@ class ExampleAttribution:
         score = np.abs(self.by_latent).mean(0)
         latents = np.argsort(-score, kind="stable")[: min(n_latents, int((score > 0).sum()))]
         matrix = self.by_latent[:, latents].T  # [latents, examples]
-        if len(latents) < 2:
-            raise ConfigError("fewer than two latents have any attribution on these quizzes")
+        if len(latents) < 2 or matrix.shape[1] < 2:
+            raise ConfigError("clustering needs two examples and two latents with attribution")
         rows = linkage(_jitter(matrix), "average", metric="correlation")
         cols = linkage(_jitter(matrix.T), "average", metric="correlation")
         clusters = fcluster(cols, n_clusters, criterion="maxclust")

@@ -253,6 +253,12 @@ def _read_direction(path: Path, d_in: int):
     show_default=True,
     help="tasks whose rules are checked on the outputs",
 )
+@click.option(
+    "--scan",
+    default=None,
+    help="coefficients (e.g. -10:10:21 = 21 from -10 to 10) for a per-component scan: direct "
+    "logit attribution and logit lens at each, teacher-forced (steering_scan.json/png)",
+)
 def steer(
     model_path,
     sae_path,
@@ -265,6 +271,7 @@ def steer(
     scales,
     positions,
     check_tasks,
+    scan,
 ) -> None:
     """Add decoder directions x scale while generating; which task rule do outputs follow?"""
     from gridlens.sae.steering import decoder_direction
@@ -274,6 +281,7 @@ def steer(
     chosen = _int_list(latents, "--latents")
     if (chosen is None) == (direction_path is None):
         raise ConfigError("give exactly one of --latents and --direction")
+    coefficients = _scan_coefficients(scan) if scan is not None else None
     if chosen is not None:
         direction, what = decoder_direction(sae, chosen), f"latents {chosen}"
     else:
@@ -291,7 +299,36 @@ def steer(
     )
     out = Path(out_dir)
     data = {**result.to_json(), "findings": result.findings()}
-    _echo([result.plot(out / "steering.png"), _write_json(out / "steering.json", data)])
+    written = [result.plot(out / "steering.png"), _write_json(out / "steering.json", data)]
+    if coefficients is not None:
+        from gridlens.sae.steering import component_scan
+
+        swept = component_scan(
+            model, quizzes, direction, sae.cfg.hook_name, coefficients, positions, what
+        )
+        data = {**swept.to_json(), "findings": swept.findings()}
+        written += [
+            swept.plot(out / "steering_scan.png"),
+            _write_json(out / "steering_scan.json", data),
+        ]
+    _echo(written)
+
+
+def _scan_coefficients(text: str) -> list[float]:
+    """'lo:hi:n' (n evenly spaced from lo to hi) or comma-separated numbers."""
+    if ":" not in text:
+        return _float_list(text, "--scan")
+    try:
+        lo, hi, n = text.split(":")
+        count = int(n)
+        values = [float(lo) + (float(hi) - float(lo)) * i / max(count - 1, 1) for i in range(count)]
+    except ValueError:
+        raise ConfigError(
+            f"--scan must be lo:hi:n or comma-separated numbers, got {text!r}"
+        ) from None
+    if count < 1:
+        raise ConfigError(f"--scan needs n >= 1, got {text!r}")
+    return values
 
 
 @click.command("attribute")
@@ -375,4 +412,77 @@ def attribute(
     _echo(written)
 
 
-COMMANDS = [features, dashboard, steer, attribute]
+@click.command("pairs")
+@_common
+@click.option(
+    "--saes",
+    default=None,
+    help="comma-separated SAE directories to loop over "
+    "(default: --sae alone); each is studied on its own",
+)
+@click.option(
+    "--k",
+    "top_k",
+    default=5,
+    show_default=True,
+    type=int,
+    help="(position, latent) pairs zeroed per quiz",
+)
+@click.option(
+    "--n-latents", default=40, show_default=True, type=int, help="latents in the expression matrix"
+)
+@click.option("--clusters", default=4, show_default=True, type=int, help="example clusters")
+@click.option(
+    "--check-tasks",
+    default="all",
+    show_default=True,
+    help="tasks whose rules are checked on the outputs",
+)
+def pairs(
+    model_path,
+    sae_path,
+    tasks,
+    n_per_task,
+    seed,
+    out_dir,
+    saes,
+    top_k,
+    n_latents,
+    clusters,
+    check_tasks,
+) -> None:
+    """Seed 004: per-quiz attribution in the SAE basis, the clustered latent x example matrix,
+    and each quiz's top-k (position, latent) pairs of each sign zeroed while generating."""
+    from gridlens.sae.attribution import attribution_study
+    from gridlens.sae.io import load_sae
+
+    if top_k < 1 or n_latents < 2 or clusters < 1:
+        raise ConfigError("--k and --clusters must be >= 1 and --n-latents >= 2")
+    model, first, quizzes = _load(model_path, sae_path, tasks, n_per_task, seed)
+    paths = [p.strip() for p in saes.split(",") if p.strip()] if saes else [sae_path]
+    family = {
+        Path(p).name or p: first if p == sae_path else load_sae(p, device=model.device)
+        for p in paths
+    }
+    for name, sae in family.items():
+        if sae.cfg.hook_name not in model.hook_names:
+            raise ConfigError(f"SAE {name} reads {sae.cfg.hook_name!r}, which the model lacks")
+    if len(family) != len(paths):
+        raise ConfigError(f"--saes names must differ (their folder names are the labels): {paths}")
+    study = attribution_study(model, family, quizzes, top_k, check_tasks, n_latents, clusters)
+    out = Path(out_dir)
+    written = [study.plot(out / "pairs.png")]
+    for i, (name, clustered) in enumerate(study.expression.items()):
+        written.append(clustered.plot(out / f"expression_{i}_{_slug(name)}.png"))
+    data = {**study.to_json(), "findings": study.findings()}
+    written.append(_write_json(out / "pairs.json", data))
+    for line in study.findings():
+        click.echo(line)
+    _echo(written)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40]
+
+
+COMMANDS = [features, dashboard, steer, attribute, pairs]

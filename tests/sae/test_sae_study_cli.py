@@ -66,3 +66,21 @@ def test_cli_split(tmp_path):
           str(tmp_path / "again"), "--no-progress"])  # fmt: skip
     again = json.loads((tmp_path / "again" / "split.json").read_text())
     assert again["levels"] == data["levels"]
+
+
+def test_cli_pairs_over_two_saes_and_steering_scan(tmp_path):
+    from gridlens.sae.io import DEFAULT_SAE_DIR, save_sae
+
+    copy = save_sae(load_sae("default"), tmp_path / "copy")
+    quiz = ["--tasks", "contact", "--n-per-task", "2"]
+    main(["sae", "pairs", *quiz, "--saes", f"{DEFAULT_SAE_DIR},{copy}", "--k", "2",
+          "--n-latents", "6", "--clusters", "2", "--check-tasks", "contact", "--out",
+          str(tmp_path / "pairs")])  # fmt: skip
+    data = json.loads((tmp_path / "pairs" / "pairs.json").read_text())
+    assert set(data["saes"]) == {"default_sae", "copy"}
+    assert data["saes"]["copy"]["ablated"] == data["saes"]["default_sae"]["ablated"]
+    assert len(list((tmp_path / "pairs").glob("expression_*.png"))) == 2
+    main(["sae", "steer", *quiz, "--latents", "5", "--scales", "0", "--check-tasks", "contact",
+          "--scan", "-2:2:3", "--out", str(tmp_path / "steer")])  # fmt: skip
+    scan = json.loads((tmp_path / "steer" / "steering_scan.json").read_text())
+    assert scan["coefficients"] == [-2.0, 0.0, 2.0] and "L3.mlp" in scan["direct"]
