@@ -315,9 +315,11 @@ class ComponentScan:
         return out
 
     def movers(self, k: int = 8) -> list[str]:
-        """The k components whose attribution changes most over the scan."""
+        """Up to k components whose attribution changes most over the scan (flat ones left out)."""
         spread = self.direct.max(0) - self.direct.min(0)
-        return [self.components[i] for i in np.argsort(-spread, kind="stable")[:k]]
+        moving = spread > 1e-6 * (np.abs(self.direct).max() + 1e-12)
+        order = [i for i in np.argsort(-spread, kind="stable") if moving[i]]
+        return [self.components[i] for i in order[:k]]
 
     def to_json(self) -> dict:
         return {
