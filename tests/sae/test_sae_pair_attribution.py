@@ -1,7 +1,8 @@
 """Seed 004's per-example attribution: it sums to the per-task attribution, the pair ablation
 hook equals a position-restricted splice edit (also under the KV cache), zeroing supporting /
 opposing pairs moves the log-probability the way their sign says, the clustering recovers
-planted communities, and the generation metrics score true and corrupted answers."""
+planted communities, and the generation metrics score true and corrupted answers (the study
+over several SAEs: tests/sae/test_sae_study_cli.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from gridlens.sae.attribution import (
     ExampleAttribution,
     ablate_pairs,
     attribute,
-    attribution_study,
     example_attribution,
     pair_ablation_hook,
 )
@@ -109,15 +109,3 @@ def test_generation_metrics_on_true_and_corrupted_answers():
     assert scored["unseen_colour"]["all"] == 1.0 and scored["accuracy"]["all"] == 0.0
     assert scored["changed_cells"]["all"] == pytest.approx(0.1)
     assert scored["valid_own"]["all"] < 1.0
-
-
-def test_study_over_two_saes(shipped):
-    model, sae, quizzes = shipped
-    twice = {"a": sae, "b": sae}
-    study = attribution_study(model, twice, quizzes, 2, "contact,frame", n_latents=8, n_clusters=2)
-    assert study.ablated["a"] == study.ablated["b"]  # the same SAE twice: the same answers
-    assert (
-        study.logprob["a"]["positive"] < study.clean_logprob["a"] < study.logprob["a"]["negative"]
-    )
-    assert study.to_json()["saes"]["a"]["expression"]["clusters"]
-    assert len(study.findings()) == 2

@@ -79,6 +79,9 @@ def test_cli_pairs_over_two_saes_and_steering_scan(tmp_path):
     data = json.loads((tmp_path / "pairs" / "pairs.json").read_text())
     assert set(data["saes"]) == {"default_sae", "copy"}
     assert data["saes"]["copy"]["ablated"] == data["saes"]["default_sae"]["ablated"]
+    logprob = data["saes"]["copy"]["ablated_logprob"]
+    assert logprob["positive"] < data["saes"]["copy"]["clean_logprob"] < logprob["negative"]
+    assert data["saes"]["copy"]["expression"]["clusters"] and len(data["findings"]) == 2
     assert len(list((tmp_path / "pairs").glob("expression_*.png"))) == 2
     main(["sae", "steer", *quiz, "--latents", "5", "--scales", "0", "--check-tasks", "contact",
           "--scan", "-2:2:3", "--out", str(tmp_path / "steer")])  # fmt: skip
