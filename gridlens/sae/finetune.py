@@ -70,6 +70,9 @@ class SpliceScore:
 
 @dataclass
 class FinetuneResult:
+    """The fine-tuned SAE (a copy), the held-out scores before and after, and each step's
+    training-batch KL, FVU and L0."""
+
     sae: SparseAutoencoder = field(repr=False)
     config: FinetuneConfig
     before: SpliceScore

@@ -202,6 +202,8 @@ class SplitResult:
         """The splitting tree of `roots` (default: the 3 largest), one row per size, each node
         the latent and its label, edges coloured by decoder cosine."""
         roots = self.roots() if roots is None else [int(r) for r in roots]
+        if any(not 0 <= r < self.sizes[0] for r in roots):
+            raise ConfigError(f"roots must be latents of the smallest SAE, in [0, {self.sizes[0]})")
         nodes, edges = self._layout(roots, max_children)
         plt = pyplot()
         width = max(6.0, 1.5 * sum(1 for n in nodes if n[0] == len(self.sizes) - 1))

@@ -75,9 +75,12 @@ def finetune(
 
 def _sizes(text: str) -> list[int]:
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        sizes = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ConfigError(f"--sizes must be comma-separated integers, got {text!r}") from None
+        sizes = []
+    if len(sizes) < 2 or sizes != sorted(set(sizes)) or sizes[0] < 1:
+        raise ConfigError(f"--sizes must be two or more increasing integers, got {text!r}")
+    return sizes
 
 
 @click.command("split")
@@ -122,6 +125,10 @@ def split(
 
     out = Path(out)
     sizes = _sizes(sizes)
+    try:
+        chosen = [int(r) for r in roots.split(",") if r.strip()] if roots else None
+    except ValueError:
+        raise ConfigError(f"--roots must be comma-separated latents, got {roots!r}") from None
     trained = saes is None
     _fresh(out, ["split.json", "split.png", *([f"sae_{s}" for s in sizes] if trained else [])])
     model = load(model_path, device=device)
@@ -133,7 +140,6 @@ def split(
     else:
         family = [load_sae(p.strip(), device=model.device) for p in saes.split(",") if p.strip()]
     result = feature_splitting(model, family, quiz_set(tasks, n_per_task, seed=seed + 1))
-    chosen = [int(r) for r in roots.split(",")] if roots else None
     data = {**result.to_json(), "findings": result.findings()}
     written = [_write_json(out / "split.json", data), result.plot(out / "split.png", chosen)]
     for line in result.findings():

@@ -87,3 +87,14 @@ def test_cli_pairs_over_two_saes_and_steering_scan(tmp_path):
           "--scan", "-2:2:3", "--out", str(tmp_path / "steer")])  # fmt: skip
     scan = json.loads((tmp_path / "steer" / "steering_scan.json").read_text())
     assert scan["coefficients"] == [-2.0, 0.0, 2.0] and "L3.mlp" in scan["direct"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--sizes", "64,32"], "increasing"), (["--roots", "a"], "--roots"), (["--saes", "x"], "x")],
+)
+def test_cli_split_refuses_bad_input_before_work(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sae", "split", *args, "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "split.json").exists()
