@@ -254,6 +254,11 @@ def _read_direction(path: Path, d_in: int):
     help="tasks whose rules are checked on the outputs",
 )
 @click.option(
+    "--site",
+    default=None,
+    help="hook to add the direction at (default: the SAE's own; the width must match)",
+)
+@click.option(
     "--scan",
     default=None,
     help="coefficients (e.g. -10:10:21 = 21 from -10 to 10) for a per-component scan: direct "
@@ -271,6 +276,7 @@ def steer(
     scales,
     positions,
     check_tasks,
+    site,
     scan,
 ) -> None:
     """Add decoder directions x scale while generating; which task rule do outputs follow?"""
@@ -282,6 +288,14 @@ def steer(
     if (chosen is None) == (direction_path is None):
         raise ConfigError("give exactly one of --latents and --direction")
     coefficients = _scan_coefficients(scan) if scan is not None else None
+    hook_name = site or sae.cfg.hook_name
+    if site is not None:
+        from gridlens.sae.activations import site_width
+
+        if site_width(model, site) != sae.cfg.d_in:
+            raise ConfigError(
+                f"--site {site} has width {site_width(model, site)}, the direction {sae.cfg.d_in}"
+            )
     if chosen is not None:
         direction, what = decoder_direction(sae, chosen), f"latents {chosen}"
     else:
@@ -291,7 +305,7 @@ def steer(
         model,
         quizzes,
         direction,
-        sae.cfg.hook_name,
+        hook_name,
         _float_list(scales, "--scales"),
         positions,
         check_tasks,
@@ -303,9 +317,7 @@ def steer(
     if coefficients is not None:
         from gridlens.sae.steering import component_scan
 
-        swept = component_scan(
-            model, quizzes, direction, sae.cfg.hook_name, coefficients, positions, what
-        )
+        swept = component_scan(model, quizzes, direction, hook_name, coefficients, positions, what)
         data = {**swept.to_json(), "findings": swept.findings()}
         written += [
             swept.plot(out / "steering_scan.png"),

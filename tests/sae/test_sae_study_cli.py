@@ -84,9 +84,13 @@ def test_cli_pairs_over_two_saes_and_steering_scan(tmp_path):
     assert data["saes"]["copy"]["expression"]["clusters"] and len(data["findings"]) == 2
     assert len(list((tmp_path / "pairs").glob("expression_*.png"))) == 2
     main(["sae", "steer", *quiz, "--latents", "5", "--scales", "0", "--check-tasks", "contact",
-          "--scan", "-2:2:3", "--out", str(tmp_path / "steer")])  # fmt: skip
+          "--site", "blocks.1.hook_resid_post", "--scan", "-2:2:3", "--out",
+          str(tmp_path / "steer")])  # fmt: skip
     scan = json.loads((tmp_path / "steer" / "steering_scan.json").read_text())
+    assert scan["hook_name"] == "blocks.1.hook_resid_post"
     assert scan["coefficients"] == [-2.0, 0.0, 2.0] and "L3.mlp" in scan["direct"]
+    assert scan["direct"]["L0.mlp"][0] == pytest.approx(scan["direct"]["L0.mlp"][2], abs=1e-6)
+    assert scan["direct"]["vector"][2] != 0  # a residual site: the vector's own direct term
 
 
 @pytest.mark.parametrize(
