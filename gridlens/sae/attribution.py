@@ -11,6 +11,10 @@
   latents it keeps.
 - `ablate_latents` / `amplify_latents`: greedy predicted-grid accuracy per task with latents
   zeroed, kept alone, or multiplied, during generation.
+- Seed 004, per example: `example_attribution` (each quiz's attribution and its top-k
+  (position, latent) pairs of each sign), its clustered latent x example matrix, `ablate_pairs`
+  (zero a quiz's own pairs at their positions, then generate and score with
+  gridlens.sae.steering.generation_metrics) and `attribution_study` (all of it over several SAEs).
 """
 
 from __future__ import annotations

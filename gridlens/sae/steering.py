@@ -9,6 +9,10 @@ original task" when its own task's checker passes, "valid for another task" per 
 "valid for none" when no checked task passes. The true f_B is scored the same way as a
 reference. Adding scale x W_dec[j] to the activation equals adding `scale` to latent j in an SAE
 splice that keeps its error, since the decoder is linear.
+
+Also: `generation_metrics` (accuracy, rule validity, out-of-distribution answers of generated
+grids) and `component_scan`, seed 002's steering-coefficient scan with the direct logit
+attribution of every component and the logit lens at each coefficient.
 """
 
 from __future__ import annotations
