@@ -21,6 +21,7 @@ from gridlens.io import OutputPath
 from gridlens.progress import Stages
 from gridlens.sae.architectures import ARCHITECTURES
 from gridlens.sae.feature_commands import COMMANDS
+from gridlens.sae.study_commands import COMMANDS as STUDY_COMMANDS
 
 #: name -> (SAEConfig fields, SAETrainConfig fields)
 PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -342,5 +343,5 @@ def _compare_encoders(model, sae_model, quizzes, encoders, l0, positions, greedy
     click.echo(f"wrote {Path(out) / 'sae_encoders.json'} and {len(figures)} PNGs in {out}")
 
 
-for _command in COMMANDS:
+for _command in COMMANDS + STUDY_COMMANDS:
     sae.add_command(_command)

@@ -262,6 +262,17 @@ def _read_direction(path: Path, d_in: int):
     show_default=True,
     help="tasks whose rules are checked on the outputs",
 )
+@click.option(
+    "--site",
+    default=None,
+    help="hook to add the direction at (default: the SAE's own; the width must match)",
+)
+@click.option(
+    "--scan",
+    default=None,
+    help="coefficients (e.g. -10:10:21 = 21 from -10 to 10) for a per-component scan: direct "
+    "logit attribution and logit lens at each, teacher-forced (steering_scan.json/png)",
+)
 def steer(
     model_path,
     sae_path,
@@ -275,6 +286,8 @@ def steer(
     scales,
     positions,
     check_tasks,
+    site,
+    scan,
 ) -> None:
     """Add decoder directions x scale while generating; which task rule do outputs follow?"""
     from gridlens.sae.steering import decoder_direction
@@ -286,6 +299,15 @@ def steer(
     chosen = _int_list(latents, "--latents")
     if (chosen is None) == (direction_path is None):
         raise ConfigError("give exactly one of --latents and --direction")
+    coefficients = _scan_coefficients(scan) if scan is not None else None
+    hook_name = site or sae.cfg.hook_name
+    if site is not None:
+        from gridlens.sae.activations import site_width
+
+        if site_width(model, site) != sae.cfg.d_in:
+            raise ConfigError(
+                f"--site {site} has width {site_width(model, site)}, the direction {sae.cfg.d_in}"
+            )
     if chosen is not None:
         direction, what = decoder_direction(sae, chosen), f"latents {chosen}"
     else:
@@ -293,12 +315,38 @@ def steer(
         direction, what = _read_direction(path, sae.cfg.d_in), f"direction {path.name}"
     factors = _float_list(scales, "--scales")
     with stage("steered generation"):
-        hook = sae.cfg.hook_name
-        result = run_steer(model, quizzes, direction, hook, factors, positions, check_tasks, what)
+        result = run_steer(
+            model, quizzes, direction, hook_name, factors, positions, check_tasks, what
+        )
     out = Path(out_dir)
     data = {**result.to_json(), "findings": result.findings()}
     result.plot(out / "steering.png")
-    _echo([out / "steering.png", _write_json(out / "steering.json", data)])
+    written = [out / "steering.png", _write_json(out / "steering.json", data)]
+    if coefficients is not None:
+        from gridlens.sae.steering import component_scan
+
+        swept = component_scan(model, quizzes, direction, hook_name, coefficients, positions, what)
+        data = {**swept.to_json(), "findings": swept.findings()}
+        swept.plot(out / "steering_scan.png")
+        written += [out / "steering_scan.png", _write_json(out / "steering_scan.json", data)]
+    _echo(written)
+
+
+def _scan_coefficients(text: str) -> list[float]:
+    """'lo:hi:n' (n evenly spaced from lo to hi) or comma-separated numbers."""
+    if ":" not in text:
+        return _float_list(text, "--scan")
+    try:
+        lo, hi, n = text.split(":")
+        count = int(n)
+        values = [float(lo) + (float(hi) - float(lo)) * i / max(count - 1, 1) for i in range(count)]
+    except ValueError:
+        raise ConfigError(
+            f"--scan must be lo:hi:n or comma-separated numbers, got {text!r}"
+        ) from None
+    if count < 1:
+        raise ConfigError(f"--scan needs n >= 1, got {text!r}")
+    return values
 
 
 @click.command("attribute")
@@ -397,4 +445,80 @@ def _causal_tests(model, sae, quizzes, result, top_k: int, amplify: float, data:
     return causal
 
 
-COMMANDS = [features, dashboard, steer, attribute]
+@click.command("pairs")
+@_common
+@click.option(
+    "--saes",
+    default=None,
+    help="comma-separated SAE directories to loop over "
+    "(default: --sae alone); each is studied on its own",
+)
+@click.option(
+    "--k",
+    "top_k",
+    default=5,
+    show_default=True,
+    type=int,
+    help="(position, latent) pairs zeroed per quiz",
+)
+@click.option(
+    "--n-latents", default=40, show_default=True, type=int, help="latents in the expression matrix"
+)
+@click.option("--clusters", default=4, show_default=True, type=int, help="example clusters")
+@click.option(
+    "--check-tasks",
+    default="all",
+    show_default=True,
+    help="tasks whose rules are checked on the outputs",
+)
+def pairs(
+    model_path,
+    sae_path,
+    tasks,
+    n_per_task,
+    seed,
+    out_dir,
+    device,
+    saes,
+    top_k,
+    n_latents,
+    clusters,
+    check_tasks,
+) -> None:
+    """Seed 004: per-quiz attribution in the SAE basis, the clustered latent x example matrix,
+    and each quiz's top-k (position, latent) pairs of each sign zeroed while generating."""
+    from gridlens.sae.attribution import attribution_study
+    from gridlens.sae.io import load_sae
+
+    if top_k < 1 or n_latents < 2 or clusters < 1:
+        raise ConfigError("--k and --clusters must be >= 1 and --n-latents >= 2")
+    model, first, quizzes = _load(model_path, sae_path, tasks, n_per_task, seed, device)
+    paths = [p.strip() for p in saes.split(",") if p.strip()] if saes else [sae_path]
+    family = {
+        Path(p).name or p: first if p == sae_path else load_sae(p, device=model.device)
+        for p in paths
+    }
+    for name, sae in family.items():
+        if sae.cfg.hook_name not in model.hook_names:
+            raise ConfigError(f"SAE {name} reads {sae.cfg.hook_name!r}, which the model lacks")
+    if len(family) != len(paths):
+        raise ConfigError(f"--saes names must differ (their folder names are the labels): {paths}")
+    study = attribution_study(model, family, quizzes, top_k, check_tasks, n_latents, clusters)
+    out = Path(out_dir)
+    study.plot(out / "pairs.png")
+    written = [out / "pairs.png"]
+    for i, (name, clustered) in enumerate(study.expression.items()):
+        written.append(out / f"expression_{i}_{_slug(name)}.png")
+        clustered.plot(written[-1])
+    data = {**study.to_json(), "findings": study.findings()}
+    written.append(_write_json(out / "pairs.json", data))
+    for line in study.findings():
+        click.echo(line)
+    _echo(written)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40]
+
+
+COMMANDS = [features, dashboard, steer, attribute, pairs]
