@@ -20,6 +20,7 @@ from gridlens.errors import ConfigError, unknown_name
 from gridlens.io import OutputPath
 from gridlens.sae.feature_commands import COMMANDS
 from gridlens.sae.model import ARCHITECTURES
+from gridlens.sae.transcoder_commands import transcoder
 
 #: name -> (SAEConfig fields, SAETrainConfig fields)
 PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -338,3 +339,4 @@ def _compare_encoders(model, sae_model, quizzes, encoders, l0, positions, greedy
 
 for _command in COMMANDS:
     sae.add_command(_command)
+sae.add_command(transcoder)
