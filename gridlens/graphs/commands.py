@@ -33,7 +33,7 @@ def changed_cell(tokens: torch.Tensor) -> int:
 @click.option("--task", default="contact", show_default=True, help="Task of the quiz.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the quiz.")
 @click.option("--position", type=int, default=None,
-              help="Predicted cell (default: the first changed cell of the last grid).")  # fmt: skip
+              help="Predicted cell (default: the last grid's first changed cell).")  # fmt: skip
 @click.option("--max-features", type=int, default=256, show_default=True)
 @click.option("--node-share", type=float, default=0.8, show_default=True)
 @click.option("--edge-share", type=float, default=0.98, show_default=True)
@@ -75,7 +75,8 @@ def build(
     summary = (
         f"{task} quiz (seed {seed}), logit of token {result.token} at position {position}; "
         f"{int(nodes[: result.n_features].sum())} of {result.n_features} features kept; "
-        f"replacement score {scores['replacement']:.3f}, completeness {scores['completeness']:.3f}; "
+        f"replacement score {scores['replacement']:.3f}, "
+        f"completeness {scores['completeness']:.3f}; "
         f"ablations: graph vs replacement model r = {check['pearson_r']:.3f}, "
         f"sign agreement {check['sign_agreement']:.2f}"
     )
