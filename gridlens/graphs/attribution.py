@@ -108,9 +108,10 @@ class AttributionGraph:
 def _attention_back(rm: ReplacementModel, layer: int, g: torch.Tensor) -> torch.Tensor:
     """Gradient [B, T, D] at block `layer`'s input from the gradient g at its attention's
     output stream (resid_mid), through the residual and the frozen attention."""
+    n = g.shape[1]  # causal: positions after the targets get no gradient, so they are left out
     gm = torch.einsum("btd,hed->bhte", g, rm.ov[layer])
-    gy = torch.einsum("hts,bhte->bse", rm.pattern[layer], gm)
-    return g + centre(gy * rm.ln1_weight[layer]) / rm.scale1[layer]
+    gy = torch.einsum("hts,bhte->bse", rm.pattern[layer, :, :n, :n], gm)
+    return g + centre(gy * rm.ln1_weight[layer]) / rm.scale1[layer, :n]
 
 
 def _skip_back(rm: ReplacementModel, layer: int, g: torch.Tensor) -> torch.Tensor:
@@ -118,7 +119,7 @@ def _skip_back(rm: ReplacementModel, layer: int, g: torch.Tensor) -> torch.Tenso
     tc = rm.transcoders[layer]
     if tc.W_skip is None:
         return g
-    return g + centre(g @ tc.W_skip.T) / rm.scale2[layer]
+    return g + centre(g @ tc.W_skip.T) / rm.scale2[layer, : g.shape[1]]
 
 
 def _sweep(rm: ReplacementModel, g: torch.Tensor, layer: int, at_post: bool):
@@ -157,7 +158,7 @@ def _rows(rm: ReplacementModel, posts, g_embed, active: torch.Tensor, n_pos: int
 
 def target_row(rm: ReplacementModel, position: int, token: int, active: torch.Tensor):
     """Edges into the logit of `token` at `position` (see `_rows` for the columns)."""
-    g = torch.zeros(1, rm.n_pos, rm.embed.shape[1], dtype=torch.float64)
+    g = torch.zeros(1, position + 1, rm.embed.shape[1], dtype=torch.float64)
     g[0, position] = rm.unembed_weight[token]
     posts, g_embed = _sweep(rm, g, rm.n_layers - 1, at_post=True)
     return _rows(rm, posts, g_embed, active, position + 1)[0]
@@ -169,7 +170,7 @@ def feature_rows(rm: ReplacementModel, targets: torch.Tensor, active: torch.Tens
     if (targets[:, 0] != layer).any():
         raise ConfigError("feature_rows takes targets of one layer")
     tc = rm.transcoders[layer]
-    g = torch.zeros(len(targets), rm.n_pos, rm.embed.shape[1], dtype=torch.float64)
+    g = torch.zeros(len(targets), n_pos, rm.embed.shape[1], dtype=torch.float64)
     rows = torch.arange(len(targets))
     pos = targets[:, 1]
     g[rows, pos] = centre(tc.W_enc[:, targets[:, 2]].T) / rm.scale2[layer, pos]

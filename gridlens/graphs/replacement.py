@@ -130,7 +130,7 @@ def _as_list(model, transcoders) -> list[Transcoder]:
                 f"transcoder for layer {layer} reads {tc.cfg.hook_name} -> "
                 f"{tc.cfg.target_hook_name}, expected {transcoder_sites(layer)}"
             )
-        out.append(copy.deepcopy(tc).double().cpu().eval())
+        out.append(copy.deepcopy(tc).double().cpu().eval().requires_grad_(False))
     return out
 
 
@@ -140,7 +140,7 @@ def build_replacement(model, transcoders, tokens: torch.Tensor) -> ReplacementMo
     transcoders: a list (one per layer) or a dict layer -> Transcoder."""
     tcs = _as_list(model, transcoders)
     tokens = tokens.reshape(1, -1).cpu()
-    m = copy.deepcopy(model).double().cpu().eval()
+    m = copy.deepcopy(model).double().cpu().eval().requires_grad_(False)
     names = ["hook_embed", "hook_pos_embed"]
     for layer in range(m.cfg.n_layers):
         names += [
