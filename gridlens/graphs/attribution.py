@@ -90,6 +90,7 @@ class AttributionGraph:
 
     def node_kind(self, i: int) -> tuple[str, int, int]:
         """(kind, layer, position) of node i; the target's layer is n_layers."""
+        i = int(i)
         if i < self.n_features:
             layer, pos, _ = self.features[i]
             return "feature", int(layer), int(pos)
