@@ -29,7 +29,8 @@ body { font-family: sans-serif; margin: 1em; color: #222; }
 #panel { min-width: 22em; max-width: 28em; font-size: 0.9em; }
 .node { cursor: pointer; stroke: #333; stroke-width: 0.6; }
 .node.selected { stroke: #f0f; stroke-width: 3; }
-.grid { display: inline-grid; grid-template-columns: repeat(10, 7px); gap: 0; margin: 2px; }
+.grid { border: 1px solid #999; display: inline-grid; grid-template-columns: repeat(10, 7px);
+        margin: 2px; }
 .grid span { width: 7px; height: 7px; }
 .grid span.hit { outline: 2px solid #f0f; }
 td, th { padding: 0.1em 0.4em; text-align: left; }
@@ -60,6 +61,9 @@ function show(i) {
   panel.innerHTML = h;
   panel.dataset.node = i;
 }
+const target = document.querySelector('[data-kind="target"]');
+const box = document.getElementById('graph');
+box.scrollLeft = target.getAttribute('cx') - box.clientWidth / 2;
 document.querySelectorAll('.node').forEach(el =>
   el.addEventListener('click', () => show(+el.dataset.node)));
 """
@@ -130,11 +134,14 @@ def write_graph_page(
     title: str = "attribution graph",
     summary: str = "",
 ) -> Path:
-    """Write the page of the pruned graph (node mask `nodes`, edge mask `edges`) to `path`."""
+    """Write the page of the pruned graph (node mask `nodes`, edge mask `edges`) to `path`;
+    nodes without a kept edge (most token nodes) are left out of the drawing."""
     details = details or {}
-    kept = np.flatnonzero(nodes)
-    xy = _layout(graph, kept)
     weights = np.where(edges, graph.adjacency, 0.0)
+    connected = (weights != 0).any(0) | (weights != 0).any(1)
+    connected[graph.target_index] = True
+    kept = np.flatnonzero(nodes & connected)  # the pruned graph's nodes that carry an edge
+    xy = _layout(graph, kept)
     scale = max(float(np.abs(weights).max()), 1e-12)
     lines = []
     for t, s in zip(*np.nonzero(weights), strict=True):

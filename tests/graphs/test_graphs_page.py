@@ -52,7 +52,9 @@ def test_page_renders_and_shows_details_in_chromium(browser, page):
     graph, nodes, edges, path, _ = page
     browser.get(path.as_uri())
     drawn = browser.find_elements(By.CSS_SELECTOR, ".node")
-    assert len(drawn) == int(nodes.sum())
+    kept_edges = edges & (graph.adjacency != 0)
+    with_edges = nodes & (kept_edges.any(0) | kept_edges.any(1))
+    assert len(drawn) == int(with_edges.sum()) and with_edges[graph.target_index]
     assert len(browser.find_elements(By.TAG_NAME, "line")) == int(
         (edges & (graph.adjacency != 0)).sum()
     )
