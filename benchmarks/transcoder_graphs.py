@@ -68,7 +68,7 @@ def dense_step(tc: Transcoder, optimizer, x, y, k: int) -> None:
 def part_step(args) -> None:
     model = load("default")
     source, target = transcoder_sites(args.layer)
-    tokens = generate("default", 48, seed=0).tokens
+    tokens = generate("default", 96, seed=0).tokens
     rows = collect(model, tokens, source, "grid", target_hook=target)
     d = model.cfg.d_model
     x, y = rows[:, :d], rows[:, d:]

@@ -128,11 +128,17 @@ def test_evaluation_of_exact_transcoders_recovers_all_the_loss(tmp_path):
     assert evaluate_transcoders(model, broken, quizzes)["loss_recovered"] < 0.99
 
 
-def test_training_on_a_model_streams_and_saves(tmp_path):
+def test_training_on_a_model_streams_saves_and_resumes(tmp_path):
     model = GridGPT(d_model=16, n_layers=2, n_heads=2, d_head=8, d_mlp=32, seed=0).eval()
     cfg = TranscoderConfig.for_layer(1, 16, 32, architecture="topk", k=4, skip=True)
-    train = SAETrainConfig(tokens=2048, batch_size=256, buffer_quizzes=8, progress=False)
+    train = SAETrainConfig(
+        tokens=2048, batch_size=256, buffer_quizzes=8, progress=False, checkpoint_every=3
+    )
     tc = train_sae(model, cfg, train, tmp_path / "layer_1")
+    train_sae(model, cfg, train, tmp_path / "again", stop_after=4)
+    resumed = train_sae(model, cfg, train, tmp_path / "again", resume=True)
+    for name, tensor in tc.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[name]), name
     found = load_transcoders(tmp_path)
     assert list(found) == [1] and found[1].W_skip is not None
     assert torch.equal(found[1].W_dec, tc.W_dec)
