@@ -181,8 +181,7 @@ def feature_rows(rm: ReplacementModel, targets: torch.Tensor, active: torch.Tens
 
 def active_features(rm: ReplacementModel, last: int) -> torch.Tensor:
     """[n, 3] (layer, position, feature) of the non-zero features at positions <= last."""
-    found = rm.activations[:, : last + 1].nonzero()
-    return found
+    return rm.activations[:, : last + 1].nonzero()
 
 
 # ------------------------------------------------------------------ influence and selection
@@ -290,7 +289,10 @@ def _assemble(rm, position, token, active, rows, target) -> AttributionGraph:
     adjacency[-1, : n_sel + n_err_tok] = target[keep].numpy()
     unselected[-1] = float(target[:n_active][dropped].sum())
     logits = rm.forward()
-    value[-1], bias[-1] = float(logits[position, token]), float(rm.bias_logits()[position, token])
+    value[-1], bias[-1] = (
+        float(logits[position, token]),
+        float(rm.forward(zero_sources=True)[position, token]),
+    )
     feats = active[selected].numpy() if n_sel else np.zeros((0, 3), dtype=np.int64)
     acts = np.array([float(rm.activations[tuple(f)]) for f in feats.tolist()])
     return AttributionGraph(

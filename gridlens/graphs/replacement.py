@@ -57,8 +57,7 @@ class ReplacementModel:
     def attention(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """The frozen attention output [T, D] of block `layer` for stream x [T, D]."""
         y = centre(x) / self.scale1[layer] * self.ln1_weight[layer] + self.ln1_bias[layer]
-        heads = torch.einsum("hts,se,hed->td", self.pattern[layer], y, self.ov[layer])
-        return heads
+        return torch.einsum("hts,se,hed->td", self.pattern[layer], y, self.ov[layer])
 
     def mlp_input(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """The transcoder's input (ln2.hook_normalized with the scale frozen)."""
@@ -69,50 +68,37 @@ class ReplacementModel:
         activations: torch.Tensor | None = None,
         recompute: bool = False,
         set_features: dict[tuple[int, int, int], float] | None = None,
+        zero_sources: bool = False,
     ) -> torch.Tensor:
         """Logits [T, V] of the replacement model. activations: [L, T, F] features to use
         (default the clean ones); recompute: encode each transcoder's input instead (features
         then respond to upstream changes); set_features: (layer, pos, feature) -> value
-        overrides applied in either mode."""
+        overrides applied in either mode; zero_sources: embeddings, features and errors all
+        zero, which leaves the constant part."""
+        return self._run(activations, recompute, set_features, zero_sources)[0]
+
+    def pre_activations(self, zero_sources: bool = False) -> torch.Tensor:
+        """[L, T, F] transcoder pre-activations with the clean features (or their constant
+        part, with zero_sources)."""
+        return self._run(None, False, None, zero_sources)[1]
+
+    def _run(self, activations, recompute, set_features, zero_sources):
         acts = self.activations if activations is None else activations
-        x = self.embed.clone()
+        x = torch.zeros_like(self.embed) if zero_sources else self.embed.clone()
+        pres = []
         for layer, tc in enumerate(self.transcoders):
             x = x + self.attention(layer, x)
             n2 = self.mlp_input(layer, x)
-            a = tc.encode(n2) if recompute else acts[layer].clone()
+            pres.append(tc.pre_activation(n2))
+            a = tc.activate(pres[-1]) if recompute else acts[layer].clone()
+            if zero_sources:
+                a = torch.zeros_like(a)
             for (lay, pos, feat), value in (set_features or {}).items():
                 if lay == layer:
                     a[pos, feat] = value
-            x = x + a @ tc.W_dec + tc.b_dec + tc.skip_out(n2) + self.errors[layer]
-        return x @ self.unembed_weight.T + self.unembed_bias
-
-    def pre_activations(self, zero_sources: bool = False) -> torch.Tensor:
-        """[L, T, F] transcoder pre-activations with the clean features (or, zero_sources,
-        with embeddings, features and errors all zero: the constant part of each)."""
-        x = torch.zeros_like(self.embed) if zero_sources else self.embed.clone()
-        out = []
-        for layer, tc in enumerate(self.transcoders):
-            x = x + self.attention(layer, x)
-            n2 = self.mlp_input(layer, x)
-            out.append(tc.pre_activation(n2))
-            a = (
-                torch.zeros_like(self.activations[layer])
-                if zero_sources
-                else self.activations[layer]
-            )
-            err = 0.0 if zero_sources else self.errors[layer]
-            x = x + a @ tc.W_dec + tc.b_dec + tc.skip_out(n2) + err
-        return torch.stack(out)
-
-    def bias_logits(self) -> torch.Tensor:
-        """[T, V] logits with every source zero (the constant part)."""
-        zeros = torch.zeros_like(self.activations)
-        saved = self.embed, self.errors
-        self.embed, self.errors = torch.zeros_like(self.embed), torch.zeros_like(self.errors)
-        try:
-            return self.forward(zeros)
-        finally:
-            self.embed, self.errors = saved
+            error = 0.0 if zero_sources else self.errors[layer]
+            x = x + a @ tc.W_dec + tc.b_dec + tc.skip_out(n2) + error
+        return x @ self.unembed_weight.T + self.unembed_bias, torch.stack(pres)
 
 
 def _as_list(model, transcoders) -> list[Transcoder]:
