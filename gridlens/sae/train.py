@@ -9,6 +9,9 @@ AuxK: the k_aux largest pre-activations among dead latents reconstruct the resid
 (detached), scaled by min(dead / k_aux, 1) as SAELens does, so dead latents get gradients.
 Ghost grads (`ghost_grads`, any architecture; for TopK/BatchTopK it replaces AuxK): see
 `ghost_grads_loss`.
+Transcoders (gridlens.sae.transcoder) train here too: their store yields the input site's
+and the target site's rows side by side, the losses above compare the prediction with the
+target instead of the input, and each site gets its own normalising scale (`target_scale`).
 Except for relu, decoder rows are kept at unit norm (the gradient's radial part is removed
 before each step, the rows renormalised after it).
 
@@ -225,9 +228,7 @@ def sae_losses(
             values, index = topk_encode(x, sae.W_enc, sae.b_enc, sae.b_in, sae.cfg.k)
             recon = sparse_decode(values, index, sae.W_dec, sae.b_dec) + skip
         else:
-            values, index, offsets = batch_topk_encode(
-                x, sae.W_enc, sae.b_enc, sae.b_in, sae.cfg.k
-            )
+            values, index, offsets = batch_topk_encode(x, sae.W_enc, sae.b_enc, sae.b_in, sae.cfg.k)
             recon = sparse_decode(values, index, sae.W_dec, sae.b_dec, offsets) + skip
         positive = values.detach() > 0
         l0 = positive.sum() / x.shape[0]
@@ -658,9 +659,7 @@ def sae_step(run: SAERun, cfg: SAETrainConfig, end_of_threshold: int) -> dict[st
             "loss": float(losses.total),
             "mse": float(losses.mse),
             "sparsity_loss": float(losses.sparsity),
-            "explained_variance": explained_variance(
-                x if target is None else target, losses.recon
-            ),
+            "explained_variance": explained_variance(x if target is None else target, losses.recon),
             "l0": float(losses.l0),
         }
         if losses.ghost is not None:
