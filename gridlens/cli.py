@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, str] = {
     "analyze": "gridlens.analysis.commands:analyze",
     "culture": "gridlens.training.culture.commands:culture",
     "sae": "gridlens.sae.commands:sae",
+    "graph": "gridlens.graphs.commands:graph",
 }
 
 

@@ -68,6 +68,7 @@ class _Run:
     sections: list[Section] = field(default_factory=list)
     population: Path | None = None  # a culture population to report on, if given
     sae_path: Path | None = None  # an SAE given with --sae
+    transcoders_path: Path | None = None  # transcoders given with --transcoders
     claims: list = field(default_factory=list)  # the published claims, tested (findings.py)
     study: Any = None  # the task-specific MLP's quizzes and answers (mlp_claims.MlpStudy)
     sae: Any = None  # the SAE of the SAE section
@@ -110,12 +111,14 @@ def build_report(
     command: str | None = None,
     population: str | Path | None = None,
     sae: str | Path | None = None,
+    transcoders: str | Path | None = None,
 ) -> Path:
     """Evaluate `model` and run every analysis on it; write `out/index.html`, its PNGs and
     `out/report.json`. Returns the folder. `size` ("tiny", "small", "full") sets how many
     quizzes each stage uses; `n_per_task` overrides the analysis quiz count; `population` (a
     `gridlens culture run` folder) adds a section on its culture; `sae` (an SAE folder, or
-    'default') replaces the SAE the report would choose or train."""
+    'default') replaces the SAE the report would choose or train; `transcoders` (a
+    `gridlens sae transcoder` folder) adds the attribution graph of the transform cell."""
     from tqdm import tqdm
 
     from gridlens.training.commands import resolve_model
@@ -139,6 +142,12 @@ def build_report(
         population = Path(population)
         load_population_summary(population)  # a bad folder fails before any work
         stages.append(("culture", _stage_culture))
+    if transcoders is not None:
+        from gridlens.report.graph_stage import stage_graph
+        from gridlens.sae.transcoder import load_transcoders
+
+        load_transcoders(transcoders)  # a bad folder fails before any work
+        stages.append(("graph", stage_graph))
     loaded, training, path = resolve_model(str(model), device)
     loaded = loaded.to(device).eval()
     if sae is not None:
@@ -153,6 +162,7 @@ def build_report(
         "n_per_task": n_per_task or spec.n_per_task,
         "population": None if population is None else str(population),
         "sae": None if sae is None else str(sae),
+        "transcoders": None if transcoders is None else str(transcoders),
     }
     command = command or "build_report(" + ", ".join(f"{k}={v!r}" for k, v in options.items()) + ")"
 
@@ -160,6 +170,7 @@ def build_report(
         run = _Run(loaded, task_names, spec, options["n_per_task"], seed, folder, training)
         run.population = population
         run.sae_path = None if sae is None else str(sae)
+        run.transcoders_path = transcoders
         timings: dict[str, float] = {}
         cpu: dict[str, float] = {}
         started, started_cpu = time.perf_counter(), time.process_time()

@@ -57,8 +57,16 @@ from gridlens.io import OutputPath
     help="An SAE folder (ours or SAELens's) or 'default' for the SAE section, instead of the "
     "one the report picks or trains for the task-specific MLP.",
 )
+@click.option(
+    "--transcoders",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="A `gridlens sae transcoder` folder: adds the attribution graph of the transform cell.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def report(model, tasks, out, size, n_per_task, seed, device, population, sae, no_progress) -> None:
+def report(
+    model, tasks, out, size, n_per_task, seed, device, population, sae, transcoders, no_progress
+) -> None:
     """Evaluate MODEL and run every circuit analysis on it; write OUT/index.html.
 
     \b
@@ -78,6 +86,8 @@ def report(model, tasks, out, size, n_per_task, seed, device, population, sae, n
         args += ["--population", population]
     if sae is not None:
         args += ["--sae", sae]
+    if transcoders is not None:
+        args += ["--transcoders", transcoders]
     # SIGTERM as an exception, so the half-built folder beside --out is removed as on Ctrl-C
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
@@ -93,6 +103,7 @@ def report(model, tasks, out, size, n_per_task, seed, device, population, sae, n
             command=shlex.join(args),
             population=population,
             sae=sae,
+            transcoders=transcoders,
         )
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -22,6 +22,7 @@ from gridlens.progress import Stages
 from gridlens.sae.architectures import ARCHITECTURES
 from gridlens.sae.feature_commands import COMMANDS
 from gridlens.sae.study_commands import COMMANDS as STUDY_COMMANDS
+from gridlens.sae.transcoder_commands import transcoder
 
 #: name -> (SAEConfig fields, SAETrainConfig fields)
 PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -345,3 +346,4 @@ def _compare_encoders(model, sae_model, quizzes, encoders, l0, positions, greedy
 
 for _command in COMMANDS + STUDY_COMMANDS:
     sae.add_command(_command)
+sae.add_command(transcoder)

@@ -117,6 +117,11 @@ class SparseAutoencoder(nn.Module):
             # learned at the end of training: the inference threshold replacing the batch ranking
             self.register_buffer("threshold", torch.zeros(()))
 
+    @property
+    def b_in(self) -> torch.Tensor:
+        """What the encoder subtracts from its input (b_dec; a transcoder's is zero)."""
+        return self.b_dec
+
     def centred(self, x: torch.Tensor) -> torch.Tensor:
         """x - b_dec, after checking x's width."""
         if x.shape[-1] != self.cfg.d_in:
