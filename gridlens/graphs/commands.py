@@ -43,7 +43,7 @@ def changed_cell(tokens) -> int:
 @click.option("--interventions", type=int, default=20, show_default=True,
               help="Graph features to check by ablation.")  # fmt: skip
 @click.option("--out", type=OutputPath("dir"), required=True, help="Output folder.")
-@click.option("--device", default="cpu", show_default=True, help="Device for the labels.")
+@click.option("--device", default="auto", show_default=True, help="auto (cuda if any), cpu, cuda:1")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def build(
     model_path, tc_path, task, seed, position, max_features, node_share, edge_share, n_per_task,
@@ -58,12 +58,13 @@ def build(
     from gridlens.graphs.replacement import build_replacement
     from gridlens.models.checkpoints import load
     from gridlens.sae.transcoder import load_transcoders
+    from gridlens.training.trainer import resolve_device
     from gridlens.world import generate
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out}: exists and is not empty; choose another --out")
-    model = load(model_path, device=device)
+    model = load(model_path, device=resolve_device(device))
     transcoders = load_transcoders(tc_path, device=model.device)
     tokens = generate([task], 1, seed=seed).tokens[0]
     position = changed_cell(tokens) if position is None else position
