@@ -20,6 +20,7 @@ from gridlens.errors import ConfigError, unknown_name
 from gridlens.io import OutputPath
 from gridlens.progress import Stages
 from gridlens.sae.architectures import ARCHITECTURES
+from gridlens.sae.crosscoder_commands import crosscoder
 from gridlens.sae.feature_commands import COMMANDS
 from gridlens.sae.study_commands import COMMANDS as STUDY_COMMANDS
 from gridlens.sae.transcoder_commands import transcoder
@@ -344,6 +345,6 @@ def _compare_encoders(model, sae_model, quizzes, encoders, l0, positions, greedy
     click.echo(f"wrote {Path(out) / 'sae_encoders.json'} and {len(figures)} PNGs in {out}")
 
 
-for _command in COMMANDS + STUDY_COMMANDS:
+for _command in [*COMMANDS, *STUDY_COMMANDS, crosscoder]:
     sae.add_command(_command)
 sae.add_command(transcoder)
