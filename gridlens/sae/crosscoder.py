@@ -181,7 +181,8 @@ def paired_activations(
 
 class PairedStream:
     """An endless iterator of shuffled [batch_size, S, d_in] batches: each refill generates
-    `chunk_quizzes` fresh quizzes (from (seed, chunk) alone) and runs every source on them."""
+    `chunk_quizzes` fresh quizzes of `grid` (height, width) cells, from (seed, chunk) alone, and
+    runs every source on them."""
 
     def __init__(
         self,
@@ -191,6 +192,7 @@ class PairedStream:
         batch_size: int = 1024,
         chunk_quizzes: int = 64,
         seed: int = 0,
+        grid: tuple[int, int] = (10, 10),
     ):
         if batch_size < 1 or chunk_quizzes < 1:
             raise ConfigError(
@@ -198,6 +200,7 @@ class PairedStream:
             )
         self.sources, self.tasks, self.positions = list(sources), tasks, positions
         self.batch_size, self.chunk_quizzes, self.seed = batch_size, chunk_quizzes, seed
+        self.height, self.width = grid
         self.generator = torch.Generator().manual_seed(seed)
         self.buffer = torch.empty(0)
         self.chunks = 0
@@ -206,7 +209,9 @@ class PairedStream:
         from gridlens.world import generate
 
         rng = np.random.default_rng(np.random.SeedSequence([0x63726F73, self.seed, self.chunks]))
-        batch = generate(self.tasks, self.chunk_quizzes, seed=rng, structure="mix")
+        batch = generate(
+            self.tasks, self.chunk_quizzes, rng, "mix", height=self.height, width=self.width
+        )
         fresh = paired_activations(self.sources, batch.tokens, self.positions)
         self.chunks += 1
         rows = torch.cat([self.buffer, fresh]) if len(self.buffer) else fresh

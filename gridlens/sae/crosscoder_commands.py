@@ -32,8 +32,54 @@ def pair_sources(models: tuple[str, ...], sites: tuple[str, ...]) -> list[tuple[
     return sources
 
 
-def _source_name(model: str, site: str, models: tuple[str, ...]) -> str:
+def _population(folder: str, device) -> tuple[tuple[str, ...], tuple[int, int], str, dict]:
+    """A culture population's members as named models, its grid size and its tasks."""
+    from gridlens.training.culture.commands import _read_index
+    from gridlens.training.culture.loop import population_models
+
+    cfg = _read_index(folder)
+    members = population_models(folder, device=device)
+    names = tuple(f"member{i}" for i in range(len(members)))
+    return names, (cfg.height, cfg.width), cfg.tasks, dict(zip(names, members, strict=True))
+
+
+def _sources(models, population, sites, grid, tasks, device):
+    """(name, site) pairs, the (model, site) sources, the grid size and the tasks to draw."""
+    from gridlens.models.checkpoints import load
+    from gridlens.sae.activations import check_site, site_width
+
+    if population is not None:
+        if models != ("default",):
+            raise ConfigError("give either --population or --model, not both")
+        models, grid, tasks, loaded = _population(population, device)
+    else:
+        loaded = {m: load(m, device=device) for m in dict.fromkeys(models)}
+    pairs = pair_sources(models, sites)
+    sources = [(loaded[m], site) for m, site in pairs]
+    for model, site in sources:
+        check_site(model, site)
+    widths = {site_width(model, site) for model, site in sources}
+    if len(widths) != 1:
+        raise ConfigError(f"the sources have different widths {sorted(widths)}")
+    return pairs, sources, grid, tasks
+
+
+def _source_name(model: str, site: str, models: list[str]) -> str:
     return site if len(set(models)) == 1 else f"{Path(model).name or model}:{site}"
+
+
+def _write(cc, summary: dict, out: Path) -> None:
+    """The crosscoder, sharing.json and sharing.png into `out`."""
+    import torch
+
+    from gridlens.sae.crosscoder import Sharing, save_crosscoder
+
+    save_crosscoder(cc, out, summary)
+    text = (json.dumps(summary, indent=1) + "\n").encode()
+    atomic_write(out / "sharing.json", lambda handle: handle.write(text))
+    alive = torch.zeros(cc.cfg.d_sae, dtype=torch.bool)
+    alive[summary["live_latent_indices"]] = True
+    Sharing.of(cc, alive).plot(out / "sharing.png")
 
 
 @click.command("crosscoder")
@@ -44,6 +90,12 @@ def _source_name(model: str, site: str, models: tuple[str, ...]) -> str:
     default=("default",),
     show_default=True,
     help="Model (repeat for a crosscoder across models).",
+)
+@click.option(
+    "--population",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="A culture population folder: its members are the models (its grids the size).",
 )
 @click.option(
     "--site",
@@ -66,6 +118,8 @@ def _source_name(model: str, site: str, models: tuple[str, ...]) -> str:
     show_default=True,
     type=click.Choice(["grid", "all", "no_markers"]),
 )
+@click.option("--height", type=int, default=10, show_default=True, help="Grid height.")
+@click.option("--width", type=int, default=10, show_default=True, help="Grid width.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda ...")
 @click.option(
@@ -76,55 +130,37 @@ def _source_name(model: str, site: str, models: tuple[str, ...]) -> str:
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def crosscoder(
-    models, sites, arch, d_sae, k, l1, steps, batch_size, lr, tasks, positions, seed, device,
-    out, no_progress,
+    models, population, sites, arch, d_sae, k, l1, steps, batch_size, lr, tasks, positions,
+    height, width, seed, device, out, no_progress,
 ):  # fmt: skip
     """Train a crosscoder (one dictionary over several sources) on fresh quizzes and measure
     which latents the sources share: the universality question, across models or layers."""
     import torch
 
-    from gridlens.models.checkpoints import load
-    from gridlens.sae.activations import check_site, site_width
+    from gridlens.sae.activations import site_width
     from gridlens.sae.crosscoder import (
         CrosscoderConfig,
         CrosscoderTrainConfig,
         PairedStream,
-        Sharing,
-        save_crosscoder,
         train_crosscoder,
     )
     from gridlens.sae.train import _resolve_device as resolve_device
 
-    pairs = pair_sources(models, sites)
-    train = CrosscoderTrainConfig(steps=steps, lr=lr, l1=l1, seed=seed)
     device = resolve_device(device)
-    loaded = {m: load(m, device=device) for m, _ in pairs}
-    sources = [(loaded[m], site) for m, site in pairs]
-    for model, site in sources:
-        check_site(model, site)
-    widths = {site_width(model, site) for model, site in sources}
-    if len(widths) != 1:
-        raise ConfigError(f"the sources have different widths {sorted(widths)}")
-    names = tuple(_source_name(m, s, models) for m, s in pairs)
-    cfg = CrosscoderConfig(names, widths.pop(), d_sae, arch, k)
+    pairs, sources, grid, tasks = _sources(models, population, sites, (height, width), tasks,
+                                           device)  # fmt: skip
+    names = tuple(_source_name(m, s, [m for m, _ in pairs]) for m, s in pairs)
+    cfg = CrosscoderConfig(names, site_width(*sources[0]), d_sae, arch, k)
+    train = CrosscoderTrainConfig(steps=steps, lr=lr, l1=l1, seed=seed)
     torch.manual_seed(seed)
-    stream = PairedStream(sources, tasks, positions, batch_size, seed=seed)
+    stream = PairedStream(sources, tasks, positions, batch_size, seed=seed, grid=grid)
     cc, summary = train_crosscoder(stream, cfg, train, not no_progress, device)
     summary["sources"] = [{"model": m, "site": s} for m, s in pairs]
-    out = Path(out)
-    save_crosscoder(cc, out, summary)
-    text = (json.dumps(summary, indent=1) + "\n").encode()
-    atomic_write(out / "sharing.json", lambda handle: handle.write(text))
-    alive = torch.zeros(cfg.d_sae, dtype=torch.bool)
-    alive[summary["live_latent_indices"]] = True
-    Sharing.of(cc, alive).plot(out / "sharing.png")
+    _write(cc, summary, Path(out))
     share = summary["sharing"]
     ev = ", ".join(f"{n} {v:.3f}" for n, v in summary["explained_variance"].items())
-    click.echo(
-        f"explained variance {ev}; L0 {summary['l0']:.1f}; dead {summary['dead_fraction']:.1%}"
-    )
-    click.echo(
-        f"{share['live_latents']} live latents: {share['shared_fraction']:.1%} shared, "
-        f"specific {share['specific_fraction']}"
-    )
-    click.echo(f"wrote {out / 'crosscoder.safetensors'}, sharing.json and sharing.png")
+    click.echo(f"explained variance {ev}; L0 {summary['l0']:.1f}; "
+               f"dead {summary['dead_fraction']:.1%}")  # fmt: skip
+    click.echo(f"{share['live_latents']} live latents: {share['shared_fraction']:.1%} shared, "
+               f"specific {share['specific_fraction']}")  # fmt: skip
+    click.echo(f"wrote {Path(out) / 'crosscoder.safetensors'}, sharing.json and sharing.png")

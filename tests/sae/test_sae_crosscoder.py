@@ -97,9 +97,7 @@ def test_forward_matches_a_per_source_reference_and_scales_cancel():
     pre = sum((x[:, s] * cc.scales[s] - cc.b_dec[s]) @ cc.W_enc[s] for s in range(3)) + cc.b_enc
     acts = torch.relu(pre)
     kept = acts * (acts >= acts.topk(3, dim=-1).values[:, -1:])
-    recon = torch.stack(
-        [(kept @ cc.W_dec[:, s] + cc.b_dec[s]) / cc.scales[s] for s in range(3)], 1
-    )
+    recon = torch.stack([(kept @ cc.W_dec[:, s] + cc.b_dec[s]) / cc.scales[s] for s in range(3)], 1)
     got, latents = cc(x)
     torch.testing.assert_close(latents, kept)
     torch.testing.assert_close(got, recon)
@@ -166,3 +164,27 @@ def test_command_across_two_models(tmp_path, capsys):
     code, _, err = run(capsys, "sae", "crosscoder", "--model", str(paths[0]), "--out",
                        str(tmp_path / "x"), "--site", "blocks.1.hook_resid_post")  # fmt: skip
     assert code == 2 and "distinct sources" in err
+
+
+def test_command_across_a_culture_population(tmp_path, capsys):
+    pop = tmp_path / "pop"
+    sets = ["k=2", "tasks=frame", "height=6", "width=6", "train_quizzes=20", "test_quizzes=4",
+            "batch_size=10", "candidates_per_model=2", "max_attempts=1"]  # fmt: skip
+    code, _, err = run(capsys, "culture", "run", "--out", str(pop), "--rounds", "1",
+                       *[a for s in sets for a in ("--set", s)], "--no-progress")  # fmt: skip
+    assert code == 0, err
+    out = tmp_path / "cc"
+    code, _, err = run(
+        capsys, "sae", "crosscoder", "--population", str(pop), "--site",
+        "blocks.0.hook_resid_post", "--d-sae", "16", "--steps", "10", "--batch-size", "64",
+        "--out", str(out), "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    assert load_crosscoder(out).cfg.sources == (
+        "member0:blocks.0.hook_resid_post",
+        "member1:blocks.0.hook_resid_post",
+    )
+    code, _, err = run(capsys, "sae", "crosscoder", "--population", str(pop), "--model", "x",
+                       "--site", "blocks.0.hook_resid_post",
+                       "--out", str(tmp_path / "y"))  # fmt: skip
+    assert code == 2 and "not both" in err
