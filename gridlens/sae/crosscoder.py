@@ -37,7 +37,7 @@ import torch.nn as nn
 from gridlens.errors import CheckpointError, ConfigError
 from gridlens.integrity import seal_safetensors, verify_safetensors
 from gridlens.io import atomic_write
-from gridlens.plotting import pyplot, save_figure
+from gridlens.plotting import finish, pyplot
 
 CROSSCODER_FILE = "crosscoder.safetensors"
 FORMAT_NAME = "gridlens.crosscoder"
@@ -167,12 +167,31 @@ def crosscoder_loss(
 
 
 def paired_activations(
-    sources: Sequence[tuple[Any, str]], tokens: torch.Tensor, positions: str = "grid"
+    sources: Sequence[tuple[Any, str]],
+    tokens: torch.Tensor,
+    positions: str = "grid",
+    batch_size: int = 64,
 ) -> torch.Tensor:
-    """Every source's activations on the same quizzes and positions, [rows, S, d_in]."""
-    from gridlens.sae.activations import collect
+    """Every source's activations on the same quizzes and positions, [rows, S, d_in]; each
+    model runs once per batch, up to the deepest of its sites."""
+    from gridlens.sae.activations import check_site, position_mask
 
-    acts = [collect(model, tokens, hook, positions, device="cpu") for model, hook in sources]
+    mask = position_mask(positions, tokens.shape[1])
+    models = {id(model): model for model, _ in sources}
+    rows: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(sources))}
+    for key, model in models.items():
+        mine = [i for i, (m, _) in enumerate(sources) if id(m) == key]
+        hooks = [sources[i][1] for i in mine]
+        stop = max(check_site(model, hook) for hook in hooks)
+        chunk_tokens = model.check_tokens(tokens.to(model.device))
+        with torch.no_grad():
+            for lo in range(0, len(tokens), batch_size):
+                chunk = chunk_tokens[lo : lo + batch_size]
+                _, cache = model.run_with_cache(chunk, names=hooks, stop_at_layer=stop)
+                for i, hook in zip(mine, hooks, strict=True):
+                    act = cache[hook][:, mask.to(model.device)]
+                    rows[i].append(act.reshape(-1, act[0, 0].numel()).float().cpu())
+    acts = [torch.cat(rows[i]) for i in range(len(sources))]
     widths = {a.shape[-1] for a in acts}
     if len(widths) != 1:
         raise ConfigError(f"crosscoder sources must have one width, got {sorted(widths)}")
@@ -379,9 +398,7 @@ class Sharing:
             fontsize=10,
         )
         fig.tight_layout()
-        if path is not None:
-            save_figure(fig, path)
-        return fig
+        return finish(fig, path)
 
 
 # --------------------------------------------------------------------------- files
