@@ -197,9 +197,28 @@ def train(
 @click.option("--sae-latents", default=0, show_default=True, help="0: 2 x d_mlp.")
 @click.option("--sae-k", default=8, show_default=True)
 @click.option("--sae-steps", default=1000, show_default=True)
+@click.option(
+    "--subspace",
+    type=click.Choice(["class_means", "das", "both"]),
+    default="class_means",
+    show_default=True,
+    help="Reference subspace per MLP variable: its class means' span, the subspace DAS learns "
+    "(a trained rotation), or both.",
+)
+@click.option("--das-steps", default=300, show_default=True, help="DAS training steps.")
 @click.option("--seed", default=1, show_default=True)
 def eval_(
-    run_dir, out_dir, json_path, n_per_task, sae_arch, sae_latents, sae_k, sae_steps, seed
+    run_dir,
+    out_dir,
+    json_path,
+    n_per_task,
+    sae_arch,
+    sae_latents,
+    sae_k,
+    sae_steps,
+    subspace,
+    das_steps,
+    seed,
 ) -> None:
     """Accuracy/IIA/SIIA on fresh data, SAEs vs the known variables, circuit-discovery ROC AUC."""
     from gridlens.groundtruth.iit import _jsonable, evaluate, load_run
@@ -207,6 +226,8 @@ def eval_(
 
     if n_per_task < 4:
         raise ConfigError(f"--n-per-task must be >= 4, got {n_per_task}")
+    if das_steps < 1:
+        raise ConfigError(f"--das-steps must be >= 1, got {das_steps}")
     folder, shipped = resolve_run(run_dir)
     model, bench, _meta = load_run(folder)
     out = Path(out_dir) if out_dir else Path(f"{run_dir}-eval" if shipped else folder / "eval")
@@ -221,6 +242,7 @@ def eval_(
     if json_path:
         _write_metrics_json(Path(json_path), report, n_per_task, seed)
     sae = dict(n_latents=sae_latents or None, arch=sae_arch, k=sae_k, sae_steps=sae_steps)
+    sae.update(subspace=subspace, das_steps=das_steps)
     report["sae"] = _eval_saes(model, bench, fit_tokens, test_tokens, out, seed, sae)
     report["circuit_discovery"] = _eval_circuits(model, bench, test_tokens, out)
     report["seconds"] = time.perf_counter() - t0
@@ -273,6 +295,10 @@ def _eval_saes(model, bench, fit_tokens, test_tokens, out: Path, seed: int, sae:
             f"MLP {layer}: {line}; SAE FVU {r['sae']['fvu_test']:.3f}, acc spliced "
             f"{r['sae']['accuracy_spliced']:.4f}"
         )
+        references = [m for m in ("class_means", "das") if m in r["methods"]]
+        for var in r["variables"]:
+            iia = ", ".join(f"{m} {r['methods'][m]['iia'][var]:.4f}" for m in references)
+            click.echo(f"  {var}: subspace IIA {iia}")
     return report
 
 
