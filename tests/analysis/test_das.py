@@ -78,7 +78,7 @@ def test_das_recovers_the_variables_direction():
 def test_das_input_errors():
     model = XorModel()
     base, source, target = _pairs(8, 0)
-    with pytest.raises(GridlensError, match="k must be in 1..8"):
+    with pytest.raises(GridlensError, match=r"k must be in 1\.\.8"):
         train_das(model, "hook_mid", base, source, target, k=9)
     with pytest.raises(GridlensError, match="as many"):
         train_das(model, "hook_mid", base, source[:4], target)
