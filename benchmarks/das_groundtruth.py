@@ -38,7 +38,7 @@ def timed(fn, *args, **kwargs):
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def measure(name: str, n_per_task: int, das_steps: int, seed: int) -> list[dict]:
+def measure(name: str, n_per_task: int, das_steps: int, das_dims, seed: int) -> list[dict]:
     model, bench, _ = load_run(resolve_run(name)[0])
     model.eval()
     rng = np.random.default_rng(seed)
@@ -50,7 +50,9 @@ def measure(name: str, n_per_task: int, das_steps: int, seed: int) -> list[dict]
             continue
         args = (model, bench, layer, fit_tokens)
         means, means_wall, means_cpu = timed(variable_subspaces, *args, "class_means", seed=seed)
-        das, das_wall, das_cpu = timed(variable_subspaces, *args, "das", das_steps, seed)
+        das, das_wall, das_cpu = timed(
+            variable_subspaces, *args, "das", das_steps, seed, das_dims=das_dims
+        )
         for var in means:
             q_means, q_das = means[var]["class_means"][0], das[var]["das"][0]
             transforms = {
@@ -90,6 +92,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(SHIPPED))
     parser.add_argument("--n-per-task", type=int, default=1000)
     parser.add_argument("--das-steps", type=int, default=300)
+    parser.add_argument("--das-dims", type=int, default=None, help="Default: the class means'.")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None, help="Also write the rows to this file.")
@@ -101,7 +104,7 @@ def main() -> None:
     )
     rows = []
     for name in args.models.split(","):
-        rows += measure(name, args.n_per_task, args.das_steps, args.seed)
+        rows += measure(name, args.n_per_task, args.das_steps, args.das_dims, args.seed)
     better = sum(r["iia_das"] > r["iia_class_means"] + 1e-3 for r in rows)
     worse = sum(r["iia_das"] < r["iia_class_means"] - 1e-3 for r in rows)
     print(f"DAS better on {better}, worse on {worse}, tied on {len(rows) - better - worse}")

@@ -206,6 +206,9 @@ def train(
     "(a trained rotation), or both.",
 )
 @click.option("--das-steps", default=300, show_default=True, help="DAS training steps.")
+@click.option(
+    "--das-dims", default=0, show_default=True, help="DAS subspace dimension (0: the class means')."
+)
 @click.option("--seed", default=1, show_default=True)
 def eval_(
     run_dir,
@@ -218,6 +221,7 @@ def eval_(
     sae_steps,
     subspace,
     das_steps,
+    das_dims,
     seed,
 ) -> None:
     """Accuracy/IIA/SIIA on fresh data, SAEs vs the known variables, circuit-discovery ROC AUC."""
@@ -226,10 +230,14 @@ def eval_(
 
     if n_per_task < 4:
         raise ConfigError(f"--n-per-task must be >= 4, got {n_per_task}")
-    if das_steps < 1:
-        raise ConfigError(f"--das-steps must be >= 1, got {das_steps}")
+    if das_steps < 1 or das_dims < 0:
+        raise ConfigError(
+            f"--das-steps must be >= 1 and --das-dims >= 0, got {das_steps}, {das_dims}"
+        )
     folder, shipped = resolve_run(run_dir)
     model, bench, _meta = load_run(folder)
+    if das_dims > bench.config.d_mlp:
+        raise ConfigError(f"--das-dims {das_dims} > the MLP's width {bench.config.d_mlp}")
     out = Path(out_dir) if out_dir else Path(f"{run_dir}-eval" if shipped else folder / "eval")
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -242,7 +250,7 @@ def eval_(
     if json_path:
         _write_metrics_json(Path(json_path), report, n_per_task, seed)
     sae = dict(n_latents=sae_latents or None, arch=sae_arch, k=sae_k, sae_steps=sae_steps)
-    sae.update(subspace=subspace, das_steps=das_steps)
+    sae.update(subspace=subspace, das_steps=das_steps, das_dims=das_dims or None)
     report["sae"] = _eval_saes(model, bench, fit_tokens, test_tokens, out, seed, sae)
     report["circuit_discovery"] = _eval_circuits(model, bench, test_tokens, out)
     report["seconds"] = time.perf_counter() - t0

@@ -225,10 +225,12 @@ def variable_subspaces(
     das_steps: int = 300,
     seed: int = 0,
     values: list[tuple[str, int]] | None = None,
+    das_dims: int | None = None,
 ) -> dict[str, dict]:
     """Per variable of MLP ``layer``, {method: (basis [d_mlp, k], seconds)} at its neurons,
     fitted on ``tokens``: the class means' span (k = values - 1; only ``values``, (variable,
-    value) pairs, when given) and/or DAS's learned subspace of the same dimension (at least 1)."""
+    value) pairs, when given) and/or DAS's learned subspace of ``das_dims`` dimensions (default:
+    the class means', at least 1)."""
     if subspace not in SUBSPACES:
         raise unknown_name("subspace", subspace, SUBSPACES)
     data = collect(model, bench, tokens, layer)
@@ -244,7 +246,7 @@ def variable_subspaces(
         means_q = class_mean_subspace(data["acts"][own], y[own][:, cols])
         found = {"class_means": (means_q, time.perf_counter() - t0)}
         if subspace != "class_means":
-            k = max(1, means_q.shape[1])
+            k = das_dims or max(1, means_q.shape[1])
             fit = das_subspace(model, bench, tokens, var, hook, k, steps=das_steps, seed=seed)
             found["das"] = (fit.basis, fit.seconds)
         out[var] = found if subspace == "both" else {subspace: found[subspace]}
@@ -392,11 +394,12 @@ def score_mlp(
     seed: int = 0,
     subspace: str = "class_means",
     das_steps: int = 300,
+    das_dims: int | None = None,
 ) -> dict:
     """Train an SAE (and probes) on MLP ``layer`` activations of ``train_tokens``; score the
     SAE, raw neurons and probe directions on ``test_tokens``. ``subspace``: the supervised
     reference subspace per variable, "class_means", "das" (learned, ``das_steps`` steps) or
-    "both"."""
+    "both"; ``das_dims``: DAS's dimension (default: the class means')."""
     from gridlens.groundtruth.sae import train_sae
 
     variables = mlp_variables(bench, layer)
@@ -414,7 +417,7 @@ def score_mlp(
         y_te = y_te[:, [names_te.index(n) for n in common]]
         names = common
     references = variable_subspaces(
-        model, bench, layer, train_tokens, subspace, das_steps, seed, values=names
+        model, bench, layer, train_tokens, subspace, das_steps, seed, names, das_dims
     )
     with torch.no_grad():
         lat_te = sae.encode(te["acts"])

@@ -56,6 +56,8 @@ def test_score_mlp_subspace_option():
     assert both["methods"]["das"]["iia"] == das["methods"]["das"]["iia"]
     assert both["methods"]["das"]["dims"] == {"parenthesis.below": 1}
     assert both["methods"]["das"]["seconds"]["parenthesis.below"] > 0
+    wider = score_mlp(model, bench, 0, x, x2, subspace="das", das_dims=3, **args)
+    assert wider["methods"]["das"]["dims"] == {"parenthesis.below": 3}
     with pytest.raises(GridlensError, match="subspace"):
         score_mlp(model, bench, 0, x, x2, subspace="pca", **args)
 
@@ -73,3 +75,7 @@ def test_eval_cli_scores_das(capsys, tmp_path):
     assert "parenthesis.below: subspace IIA class_means" in stdout and " das " in stdout
     code, _, err = run(capsys, "groundtruth", "eval", *args, "--das-steps", "0")
     assert code == 2 and "--das-steps" in err
+    fresh = tmp_path / "never"
+    bad = ["--run", "parenthesis", "--out", str(fresh), "--das-dims", "129"]
+    code, _, err = run(capsys, "groundtruth", "eval", *bad)
+    assert code == 2 and "width 128" in err and not fresh.exists()
