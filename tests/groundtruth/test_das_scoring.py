@@ -32,7 +32,7 @@ def test_das_beats_class_means_on_the_shipped_model():
     fit, _ = bench.generate(100, rng)
     test, _ = bench.generate(200, rng)
     var = "parenthesis.below"
-    refs = variable_subspaces(model, bench, 0, fit, "both", das_steps=30, seed=0)[var]
+    refs = variable_subspaces(model, bench, 0, fit, "both", das_steps=60, seed=0)[var]
     q_means, q_das = refs["class_means"][0], refs["das"][0]
     assert q_das.shape == q_means.shape == (bench.config.d_mlp, 1)
     torch.testing.assert_close(q_das.t() @ q_das, torch.eye(1))
