@@ -9,13 +9,13 @@ input and keeps the rest of the base input:
 
 and R is trained (the model frozen) so that the model, run on the base with a' at the site,
 outputs what the high-level model outputs when only the variable is interchanged. The IIA of
-the learned subspace on held-out pairs says how much of the variable lives there. Unlike a
-fixed, unsupervised-in-the-output choice such as the span of the variable's class means, DAS
-finds the directions the model actually reads.
+the learned subspace on held-out pairs says how much of the variable lives there. The span of
+the variable's class means says where its values sit on average; DAS finds the directions
+the rest of the model actually reads.
 
-`train_das` works with any model that has `run_with_cache(tokens, names=[hook])` and
-`run_with_hooks(tokens, fwd_hooks=[(hook, fn)])` (GridGPT; TransformerLens models) and per-position
-logits; per-head hooks ([batch, pos, head, d]) are read at one head, or all heads flattened.
+`train_das` works with any model that has GridGPT's `run_with_cache(tokens, names=[hook])`
+and `run_with_hooks(tokens, fwd_hooks=[(hook, fn)])` and per-position logits; per-head hooks
+([batch, pos, head, d]) are read at one head, or all heads flattened.
 """
 
 from __future__ import annotations
