@@ -1,14 +1,17 @@
 """DAS on a hand-built model whose variable lives in one known direction, mixed into d dims by
 a random rotation: DAS finds that direction, its interchange has IIA ~1, and the rotation stays
-orthogonal; a subspace that is off the direction does not."""
+orthogonal; a subspace that is off the direction does not; the model itself is never changed."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from gridlens.analysis.das import Rotation, subspace_interchange, train_das
 from gridlens.errors import GridlensError
+from gridlens.groundtruth import iit
+from gridlens.groundtruth.spec import single_benchmark
 
 D = 8
 
@@ -84,3 +87,16 @@ def test_das_input_errors():
         train_das(model, "hook_mid", base, source[:4], target)
     with pytest.raises(GridlensError, match="steps"):
         train_das(model, "hook_mid", base, source, target, steps=0)
+
+
+def test_das_on_one_head_leaves_the_model_alone():
+    bench = single_benchmark("parenthesis", n_ctx=9, d_model=16, d_head=4, d_mlp=16)
+    model = iit.make_model(bench, seed=0).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, _ = bench.generate(8, np.random.default_rng(0))
+    target = bench.labels(x)
+    fit = train_das(model, "blocks.0.attn.hook_z", x, x.roll(1, 0), target, k=2, head=1, steps=3)
+    assert fit.basis.shape == (4, 2) and len(fit.losses) == 3
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0)
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
