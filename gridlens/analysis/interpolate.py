@@ -39,7 +39,7 @@ from gridlens.analysis.patching import (
 )
 from gridlens.errors import ConfigError
 from gridlens.io import atomic_write
-from gridlens.plotting import pyplot, save_figure
+from gridlens.plotting import finish, pyplot
 
 __all__ = ["DEFAULT_ALPHAS", "InterpolationResult", "interpolated_patching", "parse_alphas"]
 
@@ -204,9 +204,7 @@ class InterpolationResult:
         ax.set_title(f"interpolated patching ({self.pair_kind} pairs), task {task}", fontsize=9)
         ax.legend(fontsize=7, loc="best")
         fig.tight_layout()
-        if path is not None:
-            save_figure(fig, path)
-        return fig
+        return finish(fig, path)
 
 
 def interpolated_patching(
@@ -239,7 +237,9 @@ def interpolated_patching(
     model.eval()
     total = len(sites) * -(-len(clean) // chunk)
     try:
-        with tqdm(total=total, desc="interpolate", unit="site", disable=not progress) as bar:
+        with tqdm(
+            total=total, desc="interpolate", unit="site", disable=not progress, leave=False
+        ) as bar:
             patched, m_c, m_x = _sweep(
                 model, sites, clean, corrupted, batch_size, chunk, alphas, bar
             )
