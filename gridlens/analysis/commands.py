@@ -136,6 +136,7 @@ def analyze() -> None:
       gridlens analyze attention --head L0H1
       gridlens analyze patch --kind parameter --components heads
       gridlens analyze atp --method 'atp*' --compare
+      gridlens analyze interpolate --components layers --alphas -0.5:1.5:9
       gridlens analyze generate --ablate L0H1
       gridlens analyze probe --annotation changes
     """
@@ -253,6 +254,48 @@ def patch_command(model, tasks, n_per_task, seed, out, device, kind, components)
     name = f"patch_{kind}"
     results = {"activation_patching": result}
     _report(stage, out, name, results, lambda d: [_png(result, d / f"{name}.png")])
+
+
+@analyze.command("interpolate", context_settings=CONTEXT)
+@_common
+@_KIND
+@_COMPONENTS
+@click.option(
+    "--alphas",
+    default="0:1:11",
+    show_default=True,
+    help="Coefficients: comma-separated or START:STOP:COUNT; must include 0 and 1 "
+    "(e.g. -0.5:1.5:9 to extrapolate).",
+)
+@click.option("--top", type=int, default=8, show_default=True, help="Curves drawn per figure.")
+def interpolate_command(model, tasks, n_per_task, seed, out, device, kind, components, alphas, top):
+    """Interpolated patching: each component set to (1 - alpha) corrupted + alpha clean; the
+    response curve of the restored share per component and task (thresholds, nonlinearity)."""
+    from gridlens.analysis.interpolate import interpolated_patching, parse_alphas
+    from gridlens.analysis.patching import make_pairs
+
+    coefficients = parse_alphas(alphas)
+    if top < 1:
+        raise ConfigError(f"--top must be >= 1, got {top}")
+    options = (model, tasks, n_per_task, seed, device)
+    loaded, names, _, stage = _setup("interpolate", options, 2, quizzes=False)
+    with stage("quiz pairs"):
+        pairs = make_pairs(kind, names, n_per_task, seed)
+    with stage("interpolated patching"):
+        result = interpolated_patching(
+            loaded, pairs, _names(components), alphas=coefficients, progress=True
+        )
+    name = f"interpolate_{kind}"
+
+    def draw(folder: Path) -> list[Path]:
+        paths = [folder / f"{name}.png"]
+        result.plot(paths[0], top=top)
+        for task in (t for t in result.scores if t != "all"):
+            paths.append(folder / f"{name}_{task}.png")
+            result.plot(paths[-1], task=task, top=top)
+        return paths
+
+    _report(stage, out, name, {"interpolated_patching": result}, draw)
 
 
 @analyze.command("atp", context_settings=CONTEXT)

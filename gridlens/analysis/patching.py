@@ -556,14 +556,28 @@ def _moves(sites: list[Site], clean: dict, corrupt: dict) -> list[bool]:
 
 
 @torch.no_grad()
-def _sweep(model, sites: list[Site], clean_tok, corrupt_tok, batch_size: int, chunk: int):
-    """[C, n] clean-answer log-prob with each site patched alone, and [n] clean / corrupted."""
+def _sweep(
+    model,
+    sites: list[Site],
+    clean_tok,
+    corrupt_tok,
+    batch_size: int,
+    chunk: int,
+    alphas: Sequence[float] = (1.0,),
+    bar=None,
+):
+    """[A, C, n] clean-answer log-prob with each site set alone to (1 - alpha) corrupted +
+    alpha clean, for every alpha, and [n] clean / corrupted. The start residual stream is
+    linear in the patched activation, so the patched copies are resid + alpha * delta.
+    `bar`: a progress bar advanced by one per site and quiz chunk."""
     n_layers = model.cfg.n_layers
     qf = predicted_cells(clean_tok).start
     groups: dict[tuple, list[int]] = {}
     for i, s in enumerate(sites):
         groups.setdefault((*_start(s, n_layers), s.kind, s.hook_name), []).append(i)
-    patched = torch.empty(len(sites), len(clean_tok))
+    scale = torch.tensor(list(alphas), dtype=torch.float32, device=clean_tok.device)
+    n_alpha = len(scale)
+    patched = torch.empty(n_alpha, len(sites), len(clean_tok))
     base_c, base_x = [], []
     for lo in range(0, len(clean_tok), chunk):
         c, x = clean_tok[lo : lo + chunk], corrupt_tok[lo : lo + chunk]
@@ -573,20 +587,23 @@ def _sweep(model, sites: list[Site], clean_tok, corrupt_tok, batch_size: int, ch
         logits_x, cache_x = _caches(model, x, sites)
         base_c.append(answer_logprob(logits_c[:, qf:], answer).cpu())
         base_x.append(answer_logprob(logits_x[:, qf:], answer).cpu())
-        per = max(1, batch_size // b)
+        per = max(1, batch_size // (b * n_alpha))
         for (layer, part, _, _), group in groups.items():
             resid = cache_x[_resid_name(layer, part)]
             moved = _moves([sites[i] for i in group], cache_c, cache_x)
             members = [i for i, keep in zip(group, moved, strict=True) if keep]
             for i in group:  # patching an unchanged activation is the identity
-                patched[i, lo : lo + b] = base_x[-1]
+                patched[:, i, lo : lo + b] = base_x[-1]
             for k in range(0, len(members), per):
                 ids = members[k : k + per]
                 delta = _deltas(model, [sites[i] for i in ids], cache_c, cache_x)
-                stacked = (resid[None] + delta).reshape(-1, *resid.shape[1:])
+                shift = scale.to(delta.dtype).view(-1, 1, 1, 1, 1) * delta[None]
+                stacked = (resid + shift).reshape(-1, *resid.shape[1:])
                 logits = _tail(model, stacked, layer, part, qf)
-                m = answer_logprob(logits, answer.repeat(len(ids), 1)).view(len(ids), b)
-                patched[ids, lo : lo + b] = m.cpu()
+                m = answer_logprob(logits, answer.repeat(n_alpha * len(ids), 1))
+                patched[:, ids, lo : lo + b] = m.view(n_alpha, len(ids), b).cpu()
+            if bar is not None:
+                bar.update(len(group))
     return patched.numpy(), torch.cat(base_c).numpy(), torch.cat(base_x).numpy()
 
 
@@ -614,6 +631,7 @@ def activation_patching(
     model.eval()
     try:
         patched, m_c, m_x = _sweep(model, sites, clean, corrupted, batch_size, chunk)
+        patched = patched[0]
     finally:
         model.train(was_training)
     tasks = pairs.tasks

@@ -14,6 +14,7 @@ _EXPORTS = {
     "circuit_discovery": "scoring",
     "circuit_scores": "figures",
     "combined_benchmark": "spec",
+    "das_subspace": "scoring",
     "evaluate": "iit",
     "f1_matrix": "scoring",
     "get_benchmark": "spec",
@@ -35,6 +36,7 @@ _EXPORTS = {
     "train": "iit",
     "train_sae": "sae",
     "training_curves": "figures",
+    "variable_subspaces": "scoring",
     "verify": "shipped",
 }
 __all__ = sorted(_EXPORTS)

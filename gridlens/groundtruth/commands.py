@@ -197,9 +197,32 @@ def train(
 @click.option("--sae-latents", default=0, show_default=True, help="0: 2 x d_mlp.")
 @click.option("--sae-k", default=8, show_default=True)
 @click.option("--sae-steps", default=1000, show_default=True)
+@click.option(
+    "--subspace",
+    type=click.Choice(["class_means", "das", "both"]),
+    default="class_means",
+    show_default=True,
+    help="Reference subspace per MLP variable: its class means' span, the subspace DAS learns "
+    "(a trained rotation), or both.",
+)
+@click.option("--das-steps", default=300, show_default=True, help="DAS training steps.")
+@click.option(
+    "--das-dims", default=0, show_default=True, help="DAS subspace dimension (0: the class means')."
+)
 @click.option("--seed", default=1, show_default=True)
 def eval_(
-    run_dir, out_dir, json_path, n_per_task, sae_arch, sae_latents, sae_k, sae_steps, seed
+    run_dir,
+    out_dir,
+    json_path,
+    n_per_task,
+    sae_arch,
+    sae_latents,
+    sae_k,
+    sae_steps,
+    subspace,
+    das_steps,
+    das_dims,
+    seed,
 ) -> None:
     """Accuracy/IIA/SIIA on fresh data, SAEs vs the known variables, circuit-discovery ROC AUC."""
     import numpy as np
@@ -210,10 +233,16 @@ def eval_(
 
     if n_per_task < 4:
         raise ConfigError(f"--n-per-task must be >= 4, got {n_per_task}")
+    if das_steps < 1 or das_dims < 0:
+        raise ConfigError(
+            f"--das-steps must be >= 1 and --das-dims >= 0, got {das_steps}, {das_dims}"
+        )
     stage = Stages("groundtruth eval", 4)
     with stage("loading the run"):
         folder, shipped = resolve_run(run_dir)
         model, bench, _meta = load_run(folder)
+    if das_dims > bench.config.d_mlp:
+        raise ConfigError(f"--das-dims {das_dims} > the MLP's width {bench.config.d_mlp}")
     out = Path(out_dir) if out_dir else Path(f"{run_dir}-eval" if shipped else folder / "eval")
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -227,6 +256,7 @@ def eval_(
     if json_path:
         _write_metrics_json(Path(json_path), report, n_per_task, seed)
     sae = dict(n_latents=sae_latents or None, arch=sae_arch, k=sae_k, sae_steps=sae_steps)
+    sae.update(subspace=subspace, das_steps=das_steps, das_dims=das_dims or None)
     with stage("SAEs against the known variables"):
         report["sae"] = _eval_saes(model, bench, fit_tokens, test_tokens, out, seed, sae)
     with stage("circuit discovery"):
@@ -283,6 +313,10 @@ def _eval_saes(model, bench, fit_tokens, test_tokens, out: Path, seed: int, sae:
             f"MLP {layer}: {line}; SAE FVU {r['sae']['fvu_test']:.3f}, acc spliced "
             f"{r['sae']['accuracy_spliced']:.4f}"
         )
+        references = [m for m in ("class_means", "das") if m in r["methods"]]
+        for var in r["variables"]:
+            iia = ", ".join(f"{m} {r['methods'][m]['iia'][var]:.4f}" for m in references)
+            click.echo(f"  {var}: subspace IIA {iia}")
     return report
 
 

@@ -61,10 +61,12 @@ def sae_scores(result: dict, path: Path | None = None, title: str = "") -> Figur
     a.set_title("detection F1 per value")
     variables = result["variables"]
     xm = np.arange(len(variables))
-    iia_methods = ("sae", "neurons", "probe", "class_means", "whole_mlp", "none")
+    order = ("sae", "neurons", "probe", "class_means", "das", "whole_mlp", "none")
+    iia_methods = [m for m in order if "iia" in result["methods"].get(m, {})]
+    width = 0.84 / len(iia_methods)
     for i, m in enumerate(iia_methods):
         heights = [result["methods"][m]["iia"][v] for v in variables]
-        b.bar(xm + (i - 2.5) * 0.14, heights, 0.14, label=m)
+        b.bar(xm + (i - (len(iia_methods) - 1) / 2) * width, heights, width, label=m)
     b.set_xticks(xm, [v.replace(".", ".\n") for v in variables], fontsize=7)
     b.set_ylim(0, 1.02)
     b.set_title("IIA, patching the matched units")

@@ -14,7 +14,8 @@ that MLP:
 - IIA when the units matched to a variable are interchanged between a base and a source input
   (everything else kept), against the high-level model with only that variable interchanged;
   next to it, the subspace of the probes' directions and the subspace of the variable's class
-  means (supervised references).
+  means (supervised references), or (``subspace="das"`` / ``"both"``) the subspace that
+  Distributed Alignment Search learns from interchanges on the fitting inputs.
 
 Circuit discovery: activation patching and attribution patching (AtP) rank every head and MLP;
 the ranking is scored by ROC AUC against the sites the correspondence uses.
@@ -22,12 +23,15 @@ the ranking is scored by ROC AUC against the sites the correspondence uses.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from gridlens.errors import ConfigError
+from gridlens.analysis.das import DASFit, train_das
+from gridlens.errors import ConfigError, unknown_name
 from gridlens.groundtruth.iit import _acc, patch_hooks, source_cache
 from gridlens.groundtruth.spec import Benchmark, Site, _mlp_group, all_component_sites
 
@@ -183,6 +187,72 @@ def _subspace_swap(q: torch.Tensor):
     return lambda a, s: a + (s - a) @ q @ q.t()
 
 
+SUBSPACES = ("class_means", "das", "both")
+
+
+def das_subspace(
+    model,
+    bench: Benchmark,
+    tokens: torch.Tensor,
+    var: str,
+    hook: str,
+    k: int,
+    head: int | None = None,
+    steps: int = 300,
+    sources: int = 4,
+    seed: int = 0,
+) -> DASFit:
+    """DAS for ``var`` at ``hook``: every input of the variable's task is a base ``sources``
+    times, each with a random source of that task; the target is the high-level output with
+    only ``var`` interchanged (the pairs :func:`site_iia` scores, drawn afresh)."""
+    own = tokens[own_rows(bench, var, bench.task_ids(tokens))]
+    if len(own) < 2:
+        raise ConfigError(f"DAS for {var!r} needs at least two inputs of its task, got {len(own)}")
+    gen = torch.Generator().manual_seed(seed)
+    base = own.repeat(sources, 1)
+    src = torch.cat([own[torch.randperm(len(own), generator=gen)] for _ in range(sources)])
+    mask = torch.ones(len(base), dtype=torch.bool)
+    target = bench.run_high_level(base, {var: (mask, bench.run_high_level(src)[var])})["output"]
+    return train_das(model, hook, base, src, target, k=k, head=head, steps=steps, seed=seed)
+
+
+def variable_subspaces(
+    model,
+    bench: Benchmark,
+    layer: int,
+    tokens: torch.Tensor,
+    subspace: str = "class_means",
+    das_steps: int = 300,
+    seed: int = 0,
+    values: list[tuple[str, int]] | None = None,
+    das_dims: int | None = None,
+) -> dict[str, dict]:
+    """Per variable of MLP ``layer``, {method: (basis [d_mlp, k], seconds)} at its neurons,
+    fitted on ``tokens``: the class means' span (k = values - 1; only ``values``, (variable,
+    value) pairs, when given) and/or DAS's learned subspace of ``das_dims`` dimensions (default:
+    the class means', at least 1)."""
+    if subspace not in SUBSPACES:
+        raise unknown_name("subspace", subspace, SUBSPACES)
+    data = collect(model, bench, tokens, layer)
+    y, names = value_targets(bench, data)
+    if values is not None:
+        y, names = y[:, [names.index(v) for v in values]], list(values)
+    hook = f"blocks.{layer}.mlp.hook_post"
+    out: dict[str, dict] = {}
+    for var in mlp_variables(bench, layer):
+        t0 = time.perf_counter()
+        own = data["task"] == _task_index(bench, var)
+        cols = [i for i, (v, _value) in enumerate(names) if v == var]
+        means_q = class_mean_subspace(data["acts"][own], y[own][:, cols])
+        found = {"class_means": (means_q, time.perf_counter() - t0)}
+        if subspace != "class_means":
+            k = das_dims or max(1, means_q.shape[1])
+            fit = das_subspace(model, bench, tokens, var, hook, k, steps=das_steps, seed=seed)
+            found["das"] = (fit.basis, fit.seconds)
+        out[var] = found if subspace == "both" else {subspace: found[subspace]}
+    return out
+
+
 # ----------------------------------------------------------------------------- SAE scoring
 
 
@@ -322,9 +392,14 @@ def score_mlp(
     k: int = 8,
     sae_steps: int = 1000,
     seed: int = 0,
+    subspace: str = "class_means",
+    das_steps: int = 300,
+    das_dims: int | None = None,
 ) -> dict:
     """Train an SAE (and probes) on MLP ``layer`` activations of ``train_tokens``; score the
-    SAE, raw neurons and probe directions on ``test_tokens``."""
+    SAE, raw neurons and probe directions on ``test_tokens``. ``subspace``: the supervised
+    reference subspace per variable, "class_means", "das" (learned, ``das_steps`` steps) or
+    "both"; ``das_dims``: DAS's dimension (default: the class means')."""
     from gridlens.groundtruth.sae import train_sae
 
     variables = mlp_variables(bench, layer)
@@ -341,6 +416,9 @@ def score_mlp(
         y_tr = y_tr[:, [names.index(n) for n in common]]
         y_te = y_te[:, [names_te.index(n) for n in common]]
         names = common
+    references = variable_subspaces(
+        model, bench, layer, train_tokens, subspace, das_steps, seed, names, das_dims
+    )
     with torch.no_grad():
         lat_te = sae.encode(te["acts"])
     probe_w, probe_b = train_probes(tr["acts"], y_tr, seed=seed)
@@ -411,21 +489,20 @@ def score_mlp(
             probe_q, _ = torch.linalg.qr(probe_w[probe_rows].t())
         else:
             probe_q = torch.zeros(d_mlp, 0)
-        own = tr["task"] == _task_index(bench, var)
-        cols = [i for i, (v, _value) in enumerate(names) if v == var]
-        means_q = class_mean_subspace(tr["acts"][own], y_tr[own][:, cols])
-
         transforms = {
             "sae": sae_t,
             "neurons": neuron_t,
             "probe": _subspace_swap(probe_q),
-            "class_means": _subspace_swap(means_q),
+            **{name: _subspace_swap(q) for name, (q, _) in references[var].items()},
             "none": lambda a, s: a,
             "whole_mlp": lambda a, s: s,
         }
         iia = patched_iia(model, bench, test_tokens, layer, var, transforms)
         for method, value in iia.items():
             methods.setdefault(method, {}).setdefault("iia", {})[var] = value
+        for name, (q, seconds) in references[var].items():
+            methods[name].setdefault("dims", {})[var] = q.shape[1]
+            methods[name].setdefault("seconds", {})[var] = seconds
     out["value_names"] = [f"{v}={value_name(bench, v, val)}" for v, val in names]
     out["methods"] = methods
     return out
