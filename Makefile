@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: report demo test lint install
+.PHONY: report demo test test-fast lint install
 
 $(BIN)/gridlens: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: install
 		apt-get update -qq && apt-get install -y -qq chromium chromium-driver; fi
 	$(BIN)/ruff check .
 	GRIDLENS_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q --durations=15
+
+# The development subset (a couple of minutes): every test not marked slow.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" --durations=10
 
 lint: install
 	$(BIN)/ruff check .

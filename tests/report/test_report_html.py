@@ -78,6 +78,7 @@ def report(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_folder_is_self_contained(report):
     text = (report / "index.html").read_text()
     sources = re.findall(r'<img src="([^"]+)"', text)
@@ -90,6 +91,7 @@ def test_folder_is_self_contained(report):
     assert not [p for p in report.parent.iterdir() if p.name.startswith(".")]  # no staging left
 
 
+@pytest.mark.slow
 def test_report_json_holds_every_result(report):
     data = json.loads((report / "report.json").read_text())
     assert data["format"] == "gridlens.report"
@@ -129,6 +131,7 @@ def test_report_json_holds_every_result(report):
     assert data["summary"] and all(isinstance(s, str) for s in data["summary"])
 
 
+@pytest.mark.slow
 def test_the_page_shows_the_findings_and_the_evaluation(report):
     data = json.loads((report / "report.json").read_text())
     text = (report / "index.html").read_text()
@@ -152,6 +155,7 @@ CLAIMS = (
 )
 
 
+@pytest.mark.slow
 def test_findings_come_first_with_every_claim_and_a_verdict(report):
     data = json.loads((report / "report.json").read_text())
     assert [f["id"] for f in data["findings"]] == list(CLAIMS)
@@ -166,6 +170,7 @@ def test_findings_come_first_with_every_claim_and_a_verdict(report):
     assert {"sae", "neurons"} <= set(data["results"]) and data["options"]["sae"] is None
 
 
+@pytest.mark.slow
 def test_the_sae_section_links_its_dashboard(report):
     text = (report / "index.html").read_text()
     assert '<a href="sae_dashboard/index.html">' in text
@@ -187,6 +192,7 @@ def test_an_sae_of_another_width_is_refused_before_any_work(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_only_an_earlier_report_is_replaced(report, tmp_path):
     precious = tmp_path / "mine"
     precious.mkdir()
@@ -212,6 +218,7 @@ def _broken_images(driver) -> list[str]:
     )
 
 
+@pytest.mark.slow
 def test_report_renders_in_chromium(browser, report):
     from selenium.webdriver.common.by import By
 
@@ -244,6 +251,7 @@ def test_report_renders_in_chromium(browser, report):
     assert (shot < 128).mean() > 0.01
 
 
+@pytest.mark.slow
 def test_chromium_check_catches_a_broken_image(browser, report, tmp_path):
     """The broken-image check is not vacuous: remove one figure and it is reported."""
     copy = tmp_path / "moved"

@@ -88,6 +88,7 @@ def _one_process_reference(cfg) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
+@pytest.mark.slow
 def test_ddp_gloo_two_processes(tmp_path):
     out = str(tmp_path / "ddp")
     _spawn(str(tmp_path / "rendezvous"), out)
