@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from by_hand import head_patched
 from cli_runner import run
 from PIL import Image
 from scipy.stats import spearmanr
@@ -63,34 +64,6 @@ def test_attention_and_direct(capsys, tmp_path):
     assert (tmp_path / "copy_scores.png").is_file() and (tmp_path / "logit_lens.png").is_file()
 
 
-def _head_patched_by_hand(model, clean, corrupted, layer: int, head: int) -> float:
-    """The restored share of the clean answer's log-prob when head (layer, head)'s hook_z is
-    copied from the clean run into the corrupted one: plain hooks, a plain log-softmax."""
-    name = f"blocks.{layer}.attn.hook_z"
-    cells = torch.arange(clean.shape[1] - 100, clean.shape[1])
-    saved = {}
-
-    def keep(act, hook):
-        saved["z"] = act.clone()
-
-    def patch(act, hook):
-        act = act.clone()
-        act[:, :, head] = saved["z"][:, :, head]
-        return act
-
-    def logprob(logits):
-        logp = logits[:, cells].log_softmax(-1)
-        return logp.gather(-1, clean[:, cells, None]).sum((1, 2)).mean()
-
-    with torch.no_grad():
-        with model.hooks([(name, keep)]):
-            lp_clean = logprob(model(clean))
-        lp_corrupted = logprob(model(corrupted))
-        with model.hooks([(name, patch)]):
-            lp_patched = logprob(model(corrupted))
-    return float((lp_patched - lp_corrupted) / (lp_clean - lp_corrupted))
-
-
 def test_atp_with_compare_agrees_with_patch(capsys, tmp_path):
     args = ["--tasks", "frame", "-n", "2", "--kind", "parameter", "--out", str(tmp_path)]
     code, _, err = run(capsys, "analyze", "patch", *args)
@@ -100,7 +73,7 @@ def test_atp_with_compare_agrees_with_patch(capsys, tmp_path):
     model = load("default")
     clean, corrupted = as_tokens(make_pairs("parameter", ["frame"], 2, 0))
     head = patch["components"].index("L1H3")
-    by_hand = _head_patched_by_hand(model, clean, corrupted, 1, 3)
+    by_hand = head_patched(model, clean, corrupted, 1, 3)
     assert patch["scores"]["all"][head] == pytest.approx(by_hand, rel=1e-3, abs=1e-5)
     code, out, err = run(capsys, "analyze", "atp", *args, "--method", "atp*", "--compare")
     assert code == 0, err

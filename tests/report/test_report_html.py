@@ -9,9 +9,12 @@ import json
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
+import by_hand
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from gridlens.errors import ConfigError, GridlensError
@@ -129,6 +132,126 @@ def test_report_json_holds_every_result(report):
     ablation = results["ablation_heads_mean"]
     assert len(ablation["components"]) == 16 and ablation["n_quizzes"] == 2 * 2
     assert data["summary"] and all(isinstance(s, str) for s in data["summary"])
+
+
+# One number of each stage's report.json against tests/report/by_hand.py (plain forwards and
+# hooks, no gridlens analysis code), on the stage's own quizzes.
+
+
+def _site(component: str) -> tuple[str, int | None]:
+    """'L0.attn' / 'L2.mlp' / 'L1H3' / 'L0N50' -> (hook name, index in dimension 2 or None)."""
+    layer, rest = re.fullmatch(r"L(\d+)(.+)", component).groups()
+    if rest in (".attn", ".mlp"):
+        return f"blocks.{layer}.hook_{rest[1:]}_out", None
+    kind, index = rest[0], int(rest[1:])
+    return f"blocks.{layer}.{'attn.hook_z' if kind == 'H' else 'mlp.hook_post'}", index
+
+
+@pytest.fixture(scope="module")
+def stages(report):
+    """The report's results, its model (and training record) and its analysis quizzes."""
+    from gridlens.analysis.core import quiz_set
+    from gridlens.training.commands import resolve_model
+
+    data = json.loads((report / "report.json").read_text())
+    model, training, _ = resolve_model(data["options"]["model"], "cpu")
+    tasks = tuple(data["options"]["tasks"])
+    quizzes = quiz_set(tasks, data["options"]["n_per_task"], seed=data["options"]["seed"])
+    return SimpleNamespace(
+        options=data["options"],
+        results=data["results"],
+        model=model,
+        training=training,
+        tasks=tasks,
+        quizzes=quizzes.tokens,
+        clean=by_hand.grid_losses(model, quizzes.tokens).mean(),
+    )
+
+
+@pytest.mark.slow
+def test_evaluation_by_hand(stages):
+    """contact's loss and greedy accuracy, one test quiz per predicted structure."""
+    from gridlens.training.data import TestSet
+    from gridlens.training.evaluate import PREDICTED_STRUCTURES
+
+    row = stages.results["evaluation"]
+    tests = TestSet.build(stages.tasks, row["test_pool"], stages.training["test_seed"])
+    contact = torch.cat([tests.quizzes("contact", s, 1)[0] for s in PREDICTED_STRUCTURES])
+    loss = by_hand.grid_losses(stages.model, contact).mean()
+    assert row["tasks"]["contact"]["loss"] == pytest.approx(float(loss), rel=1e-4)
+    grids = by_hand.greedy_grids(stages.model, contact)
+    right = (grids == contact[:, by_hand.cells(contact)]).all(1).float().mean()
+    assert row["tasks"]["contact"]["accuracy_greedy"] == float(right)
+
+
+@pytest.mark.slow
+def test_ablations_by_hand(stages):
+    """Zero-ablated L0.attn's grid-loss ratio; the most damaging head's under mean ablation."""
+    model, quizzes = stages.model, stages.quizzes
+    zero = ("blocks.0.hook_attn_out", lambda act, hook: torch.zeros_like(act))
+    ratio = by_hand.grid_losses(model, quizzes, [zero]).mean() / stages.clean
+    layers = stages.results["ablation_layers_zero"]["effects"]
+    assert layers["L0.attn"]["loss_ratio"]["all"] == pytest.approx(float(ratio), rel=1e-4)
+    heads = stages.results["ablation_heads_mean"]["effects"]
+    head = max(heads, key=lambda h: heads[h]["loss_ratio"]["all"])
+    hook = by_hand.mean_ablation(model, quizzes, *_site(head))
+    ratio = by_hand.grid_losses(model, quizzes, [hook]).mean() / stages.clean
+    assert heads[head]["loss_ratio"]["all"] == pytest.approx(float(ratio), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_attention_and_direct_paths_by_hand(stages):
+    """L0H1's mass on the cell above the predicted one (offset 9; grid rows 1-9), and the logit
+    lens at the last layer, which is the model's own cell accuracy (no final LayerNorm)."""
+    model, quizzes = stages.model, stages.quizzes
+    seen = []
+    with (
+        torch.no_grad(),
+        model.hooks([("blocks.0.attn.hook_pattern", lambda a, h: seen.append(a))]),
+    ):
+        logits = model(quizzes)
+    cells = by_hand.cells(quizzes)
+    queries = cells[10:]
+    above = seen[0][:, 1, queries, queries - 9].sum(1) / 100  # [n]: head 1, [query, key]
+    heads = stages.results["attention"]["heads"]
+    assert heads["L0H1"]["mass_predicted_grid"]["cell_above"] == pytest.approx(
+        float(above.mean()), rel=1e-4
+    )
+    accuracy = (logits[:, cells].argmax(-1) == quizzes[:, cells]).float().mean()
+    lens = stages.results["logit_lens"]
+    assert lens["accuracy"][lens["sites"][-1]]["all"] == pytest.approx(float(accuracy), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_patching_and_generation_by_hand(stages):
+    """The top head's restored fraction; cells right when generating (without a cache) under
+    the mean ablation of the generation stage's layer."""
+    from gridlens.analysis.pairs import as_tokens
+    from gridlens.analysis.patching import make_pairs
+
+    model, quizzes = stages.model, stages.quizzes
+    exact = stages.results["activation_patching"]
+    best = int(np.nanargmax(exact["scores"]["all"]))
+    layer, head = map(int, re.fullmatch(r"L(\d+)H(\d+)", exact["components"][best]).groups())
+    pairs = make_pairs(exact["pair_kind"], stages.tasks, 1, stages.options["seed"])
+    restored = by_hand.head_patched(model, *as_tokens(pairs), layer, head)
+    assert exact["scores"]["all"][best] == pytest.approx(restored, rel=1e-3, abs=1e-5)
+    run = stages.results["generation_layer"]
+    hook = by_hand.mean_ablation(model, quizzes, *_site(run["ablated"]))
+    grids = by_hand.greedy_grids(model, quizzes, [hook])
+    share = (grids == quizzes[:, by_hand.cells(quizzes)]).double().mean()
+    assert run["cells_right"]["intervened"]["all"] == pytest.approx(float(share))
+
+
+@pytest.mark.slow
+def test_neurons_by_hand(stages):
+    """The first neuron's exact mean-ablation ratio, on the first quiz of each task (the stage
+    takes n_per_task // 8 of each, at least one)."""
+    neuron, value = next(iter(stages.results["neurons"]["exact_loss_ratio"].items()))
+    first = stages.quizzes[:: stages.options["n_per_task"]]
+    hook = by_hand.mean_ablation(stages.model, first, *_site(neuron))
+    ratio = by_hand.grid_losses(stages.model, first, [hook]).mean()
+    assert value == pytest.approx(float(ratio / by_hand.grid_losses(stages.model, first).mean()))
 
 
 @pytest.mark.slow
