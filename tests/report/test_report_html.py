@@ -134,7 +134,7 @@ def test_report_json_holds_every_result(report):
     assert data["summary"] and all(isinstance(s, str) for s in data["summary"])
 
 
-# One number of each stage's report.json against tests/report/by_hand.py (plain forwards and
+# One number of each stage's report.json against tests/by_hand.py (plain forwards and
 # hooks, no gridlens analysis code), on the stage's own quizzes.
 
 
@@ -241,6 +241,25 @@ def test_patching_and_generation_by_hand(stages):
     grids = by_hand.greedy_grids(model, quizzes, [hook])
     share = (grids == quizzes[:, by_hand.cells(quizzes)]).double().mean()
     assert run["cells_right"]["intervened"]["all"] == pytest.approx(float(share))
+
+
+@pytest.mark.slow
+def test_sae_by_hand(stages):
+    """The shipped SAE's explained variance on the first quiz of each task (the stage takes
+    n_per_task // 2 of each, at least one): its own encode/decode, the variance by hand."""
+    from gridlens.sae.io import load_sae
+
+    sae_result = stages.results["sae"]
+    assert sae_result["origin"].startswith("the shipped SAE")
+    sae = load_sae("default")
+    first = stages.quizzes[:: stages.options["n_per_task"]]
+    seen = []
+    with torch.no_grad(), stages.model.hooks([(sae.cfg.hook_name, lambda a, h: seen.append(a))]):
+        stages.model(first)
+        x = seen[0][:, by_hand.cells(first)].reshape(-1, sae.cfg.d_in)
+        error = (x - sae.decode(sae.encode(x))).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    explained = sae_result["metrics"]["explained_variance"]["all"]
+    assert explained == pytest.approx(float(1 - error), rel=1e-4)
 
 
 @pytest.mark.slow
