@@ -23,6 +23,15 @@ def grid_losses(model, tokens: torch.Tensor, hooks=()) -> torch.Tensor:
 
 
 @torch.no_grad()
+def attention_pattern(model, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+    """[n, head, query, key] the layer's attention pattern, as its hook sees it."""
+    seen = []
+    with model.hooks([(f"blocks.{layer}.attn.hook_pattern", lambda act, hook: seen.append(act))]):
+        model(tokens)
+    return seen[0]
+
+
+@torch.no_grad()
 def greedy_grids(model, tokens: torch.Tensor, hooks=()) -> torch.Tensor:
     """[n, 100] the predicted grid generated greedily, one forward of the whole prefix per
     cell (no cache): the logits at p depend only on the tokens before p."""

@@ -160,6 +160,7 @@ def stages(report):
     return SimpleNamespace(
         options=data["options"],
         results=data["results"],
+        findings={f["id"]: f for f in data["findings"]},
         model=model,
         training=training,
         tasks=tasks,
@@ -204,20 +205,17 @@ def test_attention_and_direct_paths_by_hand(stages):
     """L0H1's mass on the cell above the predicted one (offset 9; grid rows 1-9), and the logit
     lens at the last layer, which is the model's own cell accuracy (no final LayerNorm)."""
     model, quizzes = stages.model, stages.quizzes
-    seen = []
-    with (
-        torch.no_grad(),
-        model.hooks([("blocks.0.attn.hook_pattern", lambda a, h: seen.append(a))]),
-    ):
-        logits = model(quizzes)
     cells = by_hand.cells(quizzes)
     queries = cells[10:]
-    above = seen[0][:, 1, queries, queries - 9].sum(1) / 100  # [n]: head 1, [query, key]
+    pattern = by_hand.attention_pattern(model, quizzes, 0)
+    above = pattern[:, 1, queries, queries - 9].sum(1) / 100  # [n]: head 1, [query, key]
     heads = stages.results["attention"]["heads"]
     assert heads["L0H1"]["mass_predicted_grid"]["cell_above"] == pytest.approx(
         float(above.mean()), rel=1e-4
     )
-    accuracy = (logits[:, cells].argmax(-1) == quizzes[:, cells]).float().mean()
+    with torch.no_grad():
+        predicted = model(quizzes)[:, cells].argmax(-1)
+    accuracy = (predicted == quizzes[:, cells]).float().mean()
     lens = stages.results["logit_lens"]
     assert lens["accuracy"][lens["sites"][-1]]["all"] == pytest.approx(float(accuracy), abs=1e-6)
 
@@ -241,6 +239,36 @@ def test_patching_and_generation_by_hand(stages):
     grids = by_hand.greedy_grids(model, quizzes, [hook])
     share = (grids == quizzes[:, by_hand.cells(quizzes)]).double().mean()
     assert run["cells_right"]["intervened"]["all"] == pytest.approx(float(share))
+
+
+@pytest.mark.slow
+def test_claims_by_hand(stages):
+    """Claim 1's loss increase of L0.attn over the next attention layer (both zero-ablated)
+    and claim 2's head attention share (offset 100: the previous grid's copy of the predicted
+    cell) with the verdict its thresholds give."""
+    from gridlens.report.claims import FAR_MORE, HEAD_SHARE
+
+    model, quizzes, clean = stages.model, stages.quizzes, stages.clean
+    outsized = stages.findings["l0_attention_outsized"]["evidence"]
+
+    def zero_increase(layer: str) -> float:
+        zero = (f"blocks.{layer[1:-5]}.hook_attn_out", lambda act, hook: torch.zeros_like(act))
+        return float(by_hand.grid_losses(model, quizzes, [zero]).mean() - clean)
+
+    rise = zero_increase("L0.attn") / zero_increase(outsized["next_layer"])
+    assert outsized["increase_ratio_to_next"] == pytest.approx(rise, rel=1e-3)
+    assert (stages.findings["l0_attention_outsized"]["verdict"] == "reproduced") == (
+        rise >= FAR_MORE
+    )
+    head = stages.findings["l0_previous_token_head"]
+    assert head["evidence"]["category"] == "prev_grid_same_cell"
+    queries = by_hand.cells(quizzes)
+    index = int(head["evidence"]["head"].removeprefix("L0H"))
+    pattern = by_hand.attention_pattern(model, quizzes, 0)
+    share = float(pattern[:, index, queries, queries - 100].mean())
+    assert head["evidence"]["attention_share"] == pytest.approx(share, rel=1e-4)
+    expected = "reproduced" if share >= HEAD_SHARE[0] else "partly"
+    assert share >= HEAD_SHARE[1] and head["verdict"] == expected
 
 
 @pytest.mark.slow
