@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CHROMIUM ?= /usr/bin/chromium
 CHROMEDRIVER ?= /usr/bin/chromedriver
 
-.PHONY: report demo test lint install
+.PHONY: report demo test test-fast lint install
 
 $(BIN)/gridlens: pyproject.toml
 	@echo "make install: creating $(VENV) with $(PYTHON)"
@@ -43,6 +43,10 @@ test: install
 	fi; \
 	$(BIN)/ruff check . && \
 	GRIDLENS_REQUIRE_BROWSER=$$require $(BIN)/python -m pytest -q --durations=15
+
+# The development subset (a couple of minutes): every test not marked slow.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" --durations=10
 
 lint: install
 	$(BIN)/ruff check .

@@ -29,10 +29,17 @@ def quizzes():
     return quiz_set(n_per_task=2, seed=11)
 
 
+# Margins of the trained probes, measured over (quiz, probe) seeds (11, 0) (the tests'), (12, 1)
+# and (13, 2): colour from the embedding 0.981-1.0 (50 iterations); its permuted control at the
+# baseline exactly; grid 1.0 after the positions, 0.250-0.264 from tokens alone (chance 0.25);
+# selectivity 0.746-0.757; the type control 0.02-0.06 below the colour baseline.
+COLOUR_FLOOR = 0.97
+
+
 def test_colour_and_grid_are_read_from_the_embeddings(model, quizzes, tmp_path):
     sites = ["hook_embed", "blocks.0.hook_resid_pre"]
     colour = train_probes(model, quizzes, "colour", sites=sites, control="permute", max_iter=50)
-    assert colour.accuracy["hook_embed"] > 0.99
+    assert colour.accuracy["hook_embed"] > COLOUR_FLOOR
     assert abs(colour.control_accuracy["hook_embed"] - colour.baseline) < 0.05
     grid = train_probes(model, quizzes, "grid", sites=sites, control="permute", max_iter=50)
     assert grid.accuracy["blocks.0.hook_resid_pre"] > 0.98
@@ -48,7 +55,7 @@ def test_colour_and_grid_are_read_from_the_embeddings(model, quizzes, tmp_path):
 def test_type_control_is_near_chance_for_colour(model, quizzes):
     """Control labels drawn per (colour, position) type are hard to memorise linearly."""
     result = train_probes(model, quizzes, "colour", sites=["hook_embed"], max_iter=50)
-    assert result.accuracy["hook_embed"] > 0.99
+    assert result.accuracy["hook_embed"] > COLOUR_FLOOR
     assert result.control_accuracy["hook_embed"] < result.baseline + 0.1
 
 

@@ -17,6 +17,7 @@ def stand_ins(monkeypatch):
     monkeypatch.setattr(cd, "score", fixed_scores)
 
 
+@pytest.mark.slow
 def test_report_has_a_culture_section(tmp_path):
     pop = tmp_path / "pop"
     loop.run_culture(CFG.replace(rounds=2), pop, progress=False, echo=lambda *_: None)

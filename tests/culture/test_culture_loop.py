@@ -84,6 +84,43 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     assert len(loop.read_history(split)) == 3
 
 
+def test_the_weakest_model_trains_and_only_it(tmp_path):
+    """Unequal accuracies under the threshold (no culture round): the model of lowest accuracy
+    trains, not the first one, and the others' weights and accuracies stay as they were."""
+    population = loop.Population.open(tmp_path, CFG.replace(accuracy_threshold=1.0), False)
+    for member, accuracy in zip(population.members, (0.6, 0.2, 0.4), strict=True):
+        member.accuracy = accuracy
+    before = [{n: v.clone() for n, v in m.model.state_dict().items()} for m in population.members]
+    record = population.step(progress=False)
+    assert record["trained"] == 1 and "culture" not in record
+    for k, member in enumerate(population.members):
+        after = member.model.state_dict()
+        assert any(not torch.equal(v, after[n]) for n, v in before[k].items()) == (k == 1)
+    assert record["accuracies"][0] == 0.6 and record["accuracies"][2] == 0.4
+
+
+def _grids(quiz: torch.Tensor) -> tuple[bytes, ...]:
+    """A quiz's four grids (markers dropped) as a sorted tuple: the same for every structure."""
+    return tuple(sorted(bytes(g[1:].tolist()) for g in quiz.view(4, -1)))
+
+
+def test_culture_quizzes_enter_the_next_epochs_training(tmp_path, monkeypatch):
+    """After 4 culture rounds (24 training quizzes), the next epoch trains on exactly
+    train_quizzes // 2 = 20 of them, in some structure, beside world quizzes."""
+    cfg = CFG.replace(rounds=4, prompt_noise=0.0)
+    loop.run_culture(cfg, tmp_path, progress=False, echo=lambda *_: None)
+    population = loop.Population.open(tmp_path, cfg.replace(rounds=5), True)
+    culture = {_grids(q) for q in population.culture.train}
+    assert len(culture) == 24
+    batches = []
+    loss = loop.sequence_loss
+    monkeypatch.setattr(loop, "sequence_loss", lambda out, x: batches.append(x) or loss(out, x))
+    population.train_epoch(0, progress=False)
+    trained = torch.cat(batches)
+    assert len(trained) == cfg.train_quizzes
+    assert sum(_grids(q) in culture for q in trained) == cfg.train_quizzes // 2
+
+
 def crash_before_commit(out, monkeypatch):
     """Resume the population in `out` for one round that writes its files and dies before
     committing them (state.json), as a killed run would."""

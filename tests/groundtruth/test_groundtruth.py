@@ -496,6 +496,39 @@ def test_tiny_training_runs_and_resumes(tmp_path):
         iit.train(wider, cfg3, checkpoint=tmp_path / "ck")
 
 
+class _Killed(Exception):
+    """Raised from the progress callback: the process dies before that epoch's checkpoint."""
+
+
+def test_resume_is_bit_identical(tmp_path):
+    """Killed during epoch 2 (its checkpoint unwritten), resumed from epoch 1's checkpoint: the
+    weights, the optimiser state and the loss history equal an uninterrupted run's exactly (the
+    batch order and the IIT sources come from the restored generator)."""
+    b = single_benchmark("left_greater", n_ctx=6, **TINY)
+    cfg = iit.TrainConfig(batch_size=32, n_train_per_task=64, n_val_per_task=32, max_epochs=3)
+    whole, res_whole = iit.train(b, cfg, checkpoint=tmp_path / "whole")
+
+    def kill_at_epoch_2(row):
+        if row["epoch"] == 2:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        iit.train(b, cfg, progress=kill_at_epoch_2, checkpoint=tmp_path / "cut")
+    assert torch.load(tmp_path / "cut" / "train_state.pt", weights_only=True)["epoch"] == 1
+    resumed, res_cut = iit.train(b, cfg, checkpoint=tmp_path / "cut")
+    assert [r["epoch"] for r in res_cut.history] == [1, 2, 3] and res_whole.reached_epoch is None
+    for key, value in whole.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    losses = ("loss_behaviour", "loss_iit", "loss_strict", "loss_total", "accuracy", "iia")
+    for a, c in zip(res_whole.history, res_cut.history, strict=True):
+        assert [a[k] for k in losses] == [c[k] for k in losses]
+    a, c = (
+        torch.load(tmp_path / run / "train_state.pt", weights_only=True) for run in ("whole", "cut")
+    )
+    for k, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg_sq"], c["optimizer"]["state"][k]["exp_avg_sq"])
+
+
 def test_load_run_errors(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         iit.load_run(tmp_path)

@@ -76,7 +76,17 @@ def test_eval_of_a_shipped_name_writes_the_overall_metrics(tmp_path):
     data = _eval(["--run", "left_greater"], tmp_path)
     assert data["shipped"] is True and data["benchmark"] == "left_greater"
     assert data["accuracy"] == 1.0 and data["iia"] >= 0.99 and data["siia"] >= 0.99
-    assert (tmp_path / "left_greater-eval" / "eval.json").is_file()
+    report = json.loads((tmp_path / "left_greater-eval" / "eval.json").read_text())
+    assert {k: report["metrics"][k] for k in ("accuracy", "iia", "siia")} == {
+        k: data[k] for k in ("accuracy", "iia", "siia")
+    }
+    for row in report["circuit_discovery"]:  # each ROC AUC, from the file's own scores
+        inside = np.array(row["in_circuit"])
+        for method in ("activation_patching", "atp"):
+            score = np.abs(np.array(row[method]))
+            wins = score[inside][:, None] - score[~inside][None, :]
+            auc = float(np.mean((wins > 0) + 0.5 * (wins == 0)))
+            assert row[f"auc_{method}"] == pytest.approx(auc)
 
 
 def test_a_local_folder_of_the_same_name_takes_precedence(tmp_path):

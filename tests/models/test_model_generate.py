@@ -15,6 +15,7 @@ def _seeded_global_rng():
     torch.manual_seed(0)
 
 
+@pytest.mark.slow
 def test_cached_greedy_equals_uncached_on_500_quizzes(tiny, quizzes):
     """500 quizzes: cached greedy completion equals uncached greedy completion token for token.
 

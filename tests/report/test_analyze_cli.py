@@ -8,11 +8,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from by_hand import head_patched
 from cli_runner import run
 from PIL import Image
+from scipy.stats import spearmanr
 
 from gridlens.analysis.ablation import ablate
 from gridlens.analysis.core import grid_loss, quiz_set
+from gridlens.analysis.pairs import as_tokens
+from gridlens.analysis.patching import make_pairs
 from gridlens.models.checkpoints import load
 
 
@@ -65,16 +69,29 @@ def test_atp_with_compare_agrees_with_patch(capsys, tmp_path):
     code, _, err = run(capsys, "analyze", "patch", *args)
     assert code == 0, err
     patch = json.loads((tmp_path / "patch_parameter.json").read_text())["activation_patching"]
+    # one head's score, by hand on the same pairs
+    model = load("default")
+    clean, corrupted = as_tokens(make_pairs("parameter", ["frame"], 2, 0))
+    head = patch["components"].index("L1H3")
+    by_hand = head_patched(model, clean, corrupted, 1, 3)
+    assert patch["scores"]["all"][head] == pytest.approx(by_hand, rel=1e-3, abs=1e-5)
     code, out, err = run(capsys, "analyze", "atp", *args, "--method", "atp*", "--compare")
     assert code == 0, err
     data = json.loads((tmp_path / "atpstar_parameter.json").read_text())
-    # --compare reruns the same activation patching: the same numbers as `analyze patch`
     np.testing.assert_allclose(
         data["activation_patching"]["scores"]["all"], patch["scores"]["all"], rtol=1e-5
     )
+    # the agreement, recomputed from the two files' scores with scipy
+    exact = np.array(patch["scores"]["all"], float)
+    estimate = np.array(data["atp*"]["scores"]["all"], float)
+    assert data["atp*"]["components"] == patch["components"]
     agreement = data["agreement"]
     assert agreement["a"] == "activation" and agreement["b"] == "atp*"
-    assert -1 <= agreement["spearman"] <= 1 and "agreement with activation patching" in out
+    assert agreement["spearman"] == pytest.approx(spearmanr(exact, estimate).statistic)
+    k = agreement["k"]
+    top = [set(np.argsort(-np.abs(v), kind="stable")[:k]) for v in (exact, estimate)]
+    assert agreement["top_k_recall"] == len(top[0] & top[1]) / k
+    assert "agreement with activation patching" in out
     assert (tmp_path / "atpstar_parameter.png").is_file()
 
 

@@ -9,9 +9,12 @@ import json
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
+import by_hand
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from gridlens.errors import ConfigError, GridlensError
@@ -78,6 +81,7 @@ def report(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_folder_is_self_contained(report):
     text = (report / "index.html").read_text()
     sources = re.findall(r'<img src="([^"]+)"', text)
@@ -90,6 +94,7 @@ def test_folder_is_self_contained(report):
     assert not [p for p in report.parent.iterdir() if p.name.startswith(".")]  # no staging left
 
 
+@pytest.mark.slow
 def test_report_json_holds_every_result(report):
     data = json.loads((report / "report.json").read_text())
     assert data["format"] == "gridlens.report"
@@ -129,6 +134,174 @@ def test_report_json_holds_every_result(report):
     assert data["summary"] and all(isinstance(s, str) for s in data["summary"])
 
 
+# One number of each stage's report.json against tests/by_hand.py (plain forwards and
+# hooks, no gridlens analysis code), on the stage's own quizzes.
+
+
+def _site(component: str) -> tuple[str, int | None]:
+    """'L0.attn' / 'L2.mlp' / 'L1H3' / 'L0N50' -> (hook name, index in dimension 2 or None)."""
+    layer, rest = re.fullmatch(r"L(\d+)(.+)", component).groups()
+    if rest in (".attn", ".mlp"):
+        return f"blocks.{layer}.hook_{rest[1:]}_out", None
+    kind, index = rest[0], int(rest[1:])
+    return f"blocks.{layer}.{'attn.hook_z' if kind == 'H' else 'mlp.hook_post'}", index
+
+
+@pytest.fixture(scope="module")
+def stages(report):
+    """The report's results, its model (and training record) and its analysis quizzes."""
+    from gridlens.analysis.core import quiz_set
+    from gridlens.training.commands import resolve_model
+
+    data = json.loads((report / "report.json").read_text())
+    model, training, _ = resolve_model(data["options"]["model"], "cpu")
+    tasks = tuple(data["options"]["tasks"])
+    quizzes = quiz_set(tasks, data["options"]["n_per_task"], seed=data["options"]["seed"])
+    return SimpleNamespace(
+        options=data["options"],
+        results=data["results"],
+        findings={f["id"]: f for f in data["findings"]},
+        model=model,
+        training=training,
+        tasks=tasks,
+        quizzes=quizzes.tokens,
+        clean=by_hand.grid_losses(model, quizzes.tokens).mean(),
+    )
+
+
+@pytest.mark.slow
+def test_evaluation_by_hand(stages):
+    """contact's loss and greedy accuracy, one test quiz per predicted structure."""
+    from gridlens.training.data import TestSet
+    from gridlens.training.evaluate import PREDICTED_STRUCTURES
+
+    row = stages.results["evaluation"]
+    tests = TestSet.build(stages.tasks, row["test_pool"], stages.training["test_seed"])
+    contact = torch.cat([tests.quizzes("contact", s, 1)[0] for s in PREDICTED_STRUCTURES])
+    loss = by_hand.grid_losses(stages.model, contact).mean()
+    assert row["tasks"]["contact"]["loss"] == pytest.approx(float(loss), rel=1e-4)
+    grids = by_hand.greedy_grids(stages.model, contact)
+    right = (grids == contact[:, by_hand.cells(contact)]).all(1).float().mean()
+    assert row["tasks"]["contact"]["accuracy_greedy"] == float(right)
+
+
+@pytest.mark.slow
+def test_ablations_by_hand(stages):
+    """Zero-ablated L0.attn's grid-loss ratio; the most damaging head's under mean ablation."""
+    model, quizzes = stages.model, stages.quizzes
+    zero = ("blocks.0.hook_attn_out", lambda act, hook: torch.zeros_like(act))
+    ratio = by_hand.grid_losses(model, quizzes, [zero]).mean() / stages.clean
+    layers = stages.results["ablation_layers_zero"]["effects"]
+    assert layers["L0.attn"]["loss_ratio"]["all"] == pytest.approx(float(ratio), rel=1e-4)
+    heads = stages.results["ablation_heads_mean"]["effects"]
+    head = max(heads, key=lambda h: heads[h]["loss_ratio"]["all"])
+    hook = by_hand.mean_ablation(model, quizzes, *_site(head))
+    ratio = by_hand.grid_losses(model, quizzes, [hook]).mean() / stages.clean
+    assert heads[head]["loss_ratio"]["all"] == pytest.approx(float(ratio), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_attention_and_direct_paths_by_hand(stages):
+    """L0H1's mass on the cell above the predicted one (offset 9; grid rows 1-9), and the logit
+    lens at the last layer, which is the model's own cell accuracy (no final LayerNorm)."""
+    model, quizzes = stages.model, stages.quizzes
+    cells = by_hand.cells(quizzes)
+    queries = cells[10:]
+    pattern = by_hand.attention_pattern(model, quizzes, 0)
+    above = pattern[:, 1, queries, queries - 9].sum(1) / 100  # [n]: head 1, [query, key]
+    heads = stages.results["attention"]["heads"]
+    assert heads["L0H1"]["mass_predicted_grid"]["cell_above"] == pytest.approx(
+        float(above.mean()), rel=1e-4
+    )
+    with torch.no_grad():
+        predicted = model(quizzes)[:, cells].argmax(-1)
+    accuracy = (predicted == quizzes[:, cells]).float().mean()
+    lens = stages.results["logit_lens"]
+    assert lens["accuracy"][lens["sites"][-1]]["all"] == pytest.approx(float(accuracy), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_patching_and_generation_by_hand(stages):
+    """The top head's restored fraction; cells right when generating (without a cache) under
+    the mean ablation of the generation stage's layer."""
+    from gridlens.analysis.pairs import as_tokens
+    from gridlens.analysis.patching import make_pairs
+
+    model, quizzes = stages.model, stages.quizzes
+    exact = stages.results["activation_patching"]
+    best = int(np.nanargmax(exact["scores"]["all"]))
+    layer, head = map(int, re.fullmatch(r"L(\d+)H(\d+)", exact["components"][best]).groups())
+    pairs = make_pairs(exact["pair_kind"], stages.tasks, 1, stages.options["seed"])
+    restored = by_hand.head_patched(model, *as_tokens(pairs), layer, head)
+    assert exact["scores"]["all"][best] == pytest.approx(restored, rel=1e-3, abs=1e-5)
+    run = stages.results["generation_layer"]
+    hook = by_hand.mean_ablation(model, quizzes, *_site(run["ablated"]))
+    grids = by_hand.greedy_grids(model, quizzes, [hook])
+    share = (grids == quizzes[:, by_hand.cells(quizzes)]).double().mean()
+    assert run["cells_right"]["intervened"]["all"] == pytest.approx(float(share))
+
+
+@pytest.mark.slow
+def test_claims_by_hand(stages):
+    """Claim 1's loss increase of L0.attn over the next attention layer (both zero-ablated)
+    and claim 2's head attention share (offset 100: the previous grid's copy of the predicted
+    cell) with the verdict its thresholds give."""
+    from gridlens.report.claims import FAR_MORE, HEAD_SHARE
+
+    model, quizzes, clean = stages.model, stages.quizzes, stages.clean
+    outsized = stages.findings["l0_attention_outsized"]["evidence"]
+
+    def zero_increase(layer: str) -> float:
+        zero = (f"blocks.{layer[1:-5]}.hook_attn_out", lambda act, hook: torch.zeros_like(act))
+        return float(by_hand.grid_losses(model, quizzes, [zero]).mean() - clean)
+
+    rise = zero_increase("L0.attn") / zero_increase(outsized["next_layer"])
+    assert outsized["increase_ratio_to_next"] == pytest.approx(rise, rel=1e-3)
+    assert (stages.findings["l0_attention_outsized"]["verdict"] == "reproduced") == (
+        rise >= FAR_MORE
+    )
+    head = stages.findings["l0_previous_token_head"]
+    assert head["evidence"]["category"] == "prev_grid_same_cell"
+    queries = by_hand.cells(quizzes)
+    index = int(head["evidence"]["head"].removeprefix("L0H"))
+    pattern = by_hand.attention_pattern(model, quizzes, 0)
+    share = float(pattern[:, index, queries, queries - 100].mean())
+    assert head["evidence"]["attention_share"] == pytest.approx(share, rel=1e-4)
+    expected = "reproduced" if share >= HEAD_SHARE[0] else "partly"
+    assert share >= HEAD_SHARE[1] and head["verdict"] == expected
+
+
+@pytest.mark.slow
+def test_sae_by_hand(stages):
+    """The shipped SAE's explained variance on the first quiz of each task (the stage takes
+    n_per_task // 2 of each, at least one): its own encode/decode, the variance by hand."""
+    from gridlens.sae.io import load_sae
+
+    sae_result = stages.results["sae"]
+    assert sae_result["origin"].startswith("the shipped SAE")
+    sae = load_sae("default")
+    first = stages.quizzes[:: stages.options["n_per_task"]]
+    seen = []
+    with torch.no_grad(), stages.model.hooks([(sae.cfg.hook_name, lambda a, h: seen.append(a))]):
+        stages.model(first)
+        x = seen[0][:, by_hand.cells(first)].reshape(-1, sae.cfg.d_in)
+        error = (x - sae.decode(sae.encode(x))).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    explained = sae_result["metrics"]["explained_variance"]["all"]
+    assert explained == pytest.approx(float(1 - error), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_neurons_by_hand(stages):
+    """The first neuron's exact mean-ablation ratio, on the first quiz of each task (the stage
+    takes n_per_task // 8 of each, at least one)."""
+    neuron, value = next(iter(stages.results["neurons"]["exact_loss_ratio"].items()))
+    first = stages.quizzes[:: stages.options["n_per_task"]]
+    hook = by_hand.mean_ablation(stages.model, first, *_site(neuron))
+    ratio = by_hand.grid_losses(stages.model, first, [hook]).mean()
+    assert value == pytest.approx(float(ratio / by_hand.grid_losses(stages.model, first).mean()))
+
+
+@pytest.mark.slow
 def test_the_page_shows_the_findings_and_the_evaluation(report):
     data = json.loads((report / "report.json").read_text())
     text = (report / "index.html").read_text()
@@ -152,6 +325,7 @@ CLAIMS = (
 )
 
 
+@pytest.mark.slow
 def test_findings_come_first_with_every_claim_and_a_verdict(report):
     data = json.loads((report / "report.json").read_text())
     assert [f["id"] for f in data["findings"]] == list(CLAIMS)
@@ -166,6 +340,7 @@ def test_findings_come_first_with_every_claim_and_a_verdict(report):
     assert {"sae", "neurons"} <= set(data["results"]) and data["options"]["sae"] is None
 
 
+@pytest.mark.slow
 def test_the_sae_section_links_its_dashboard(report):
     text = (report / "index.html").read_text()
     assert '<a href="sae_dashboard/index.html">' in text
@@ -187,6 +362,7 @@ def test_an_sae_of_another_width_is_refused_before_any_work(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_only_an_earlier_report_is_replaced(report, tmp_path):
     precious = tmp_path / "mine"
     precious.mkdir()
@@ -212,6 +388,7 @@ def _broken_images(driver) -> list[str]:
     )
 
 
+@pytest.mark.slow
 def test_report_renders_in_chromium(browser, report):
     from selenium.webdriver.common.by import By
 
@@ -244,6 +421,7 @@ def test_report_renders_in_chromium(browser, report):
     assert (shot < 128).mean() > 0.01
 
 
+@pytest.mark.slow
 def test_chromium_check_catches_a_broken_image(browser, report, tmp_path):
     """The broken-image check is not vacuous: remove one figure and it is reported."""
     copy = tmp_path / "moved"

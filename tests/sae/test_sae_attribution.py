@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sae_feature_helpers import random_sae, with_dead_latent
+from sae_feature_helpers import HOOK, random_sae, with_dead_latent
 
 from gridlens.analysis.core import grid_metrics, quiz_set
 from gridlens.models.checkpoints import load
@@ -69,12 +69,30 @@ def test_ablating_a_latent_that_never_fires_changes_nothing(small):
 
 
 def test_keeping_no_latent_equals_the_zero_edit(small):
-    """invert=True with no latent kept zeroes every latent; ablating all of them is the same."""
+    """invert=True with no latent kept zeroes every latent, as ablating all of them does; both
+    equal a hand-written hook that removes the SAE's reconstruction (less b_dec) from the
+    grid's positions, keeping the error: x - (decode(encode(x)) - b_dec)."""
     model, sae, quizzes, clean = small
     every = list(range(sae.cfg.d_sae))
     zero_all = ablate_latents(model, sae, quizzes, every, baseline=clean)
     keep_none = ablate_latents(model, sae, quizzes, [], invert=True, baseline=clean)
-    assert zero_all.edited == keep_none.edited
+    start = quizzes.tokens.shape[1] - 100
+
+    def by_hand(act, hook):
+        act = act.clone()
+        x = act[:, start:]
+        act[:, start:] = x - (sae.decode(sae.encode(x)) - sae.b_dec)
+        return act
+
+    with torch.no_grad():
+        reference = grid_metrics(model, quizzes.tokens, [(HOOK, by_hand)]).summary(quizzes.tasks)
+    for edited in (zero_all.edited, keep_none.edited):
+        for metric in ("loss", "cell_accuracy"):
+            for task, value in reference[metric].items():
+                assert edited[metric][task] == pytest.approx(value, rel=1e-5), (metric, task)
+    # the edit moves the loss by far more than the tolerance above (0.07% of it, 60x 1e-5)
+    moved = abs(reference["loss"]["all"] - clean["loss"]["all"])
+    assert moved > 20 * 1e-5 * clean["loss"]["all"]
 
 
 def test_learned_mask_losses_and_dead_latents(small):

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from sae_feature_helpers import identity_sae
 
 from gridlens.analysis.core import quiz_set
@@ -15,6 +16,7 @@ from gridlens.models.checkpoints import load
 from gridlens.sae.metrics import evaluate_sae, loss_recovered, reconstruction_stats
 
 SITE = "blocks.1.hook_resid_post"
+KEPT = 32  # of the 128 dimensions, in test_loss_recovered_between_the_endpoints
 
 
 def test_reconstruction_stats_by_hand():
@@ -76,8 +78,44 @@ def test_an_sae_that_outputs_a_constant_recovers_what_mean_ablation_would(model,
     sae = identity_sae(128, SITE)
     with torch.no_grad():
         sae.W_enc.zero_()
-    result = evaluate_sae(model, sae, quizzes, positions="grid", greedy=False)
+    result = evaluate_sae(model, sae, quizzes, positions="grid", greedy=True)
     assert result["loss_recovered"]["all"] == pytest.approx(0.0, abs=1e-6)
     assert result["l0"]["all"] == 0 and result["dead_fraction"]["all"] == 1.0
     assert result["explained_variance"]["all"] < 0  # worse than predicting the mean
-    assert np.isnan(result["accuracy_spliced"]["all"])
+    # the splice reaches greedy generation: zeroing the residual loses every answer the clean
+    # model gets (so an identity SAE's equal accuracies above are not a splice left out)
+    assert result["accuracy_clean"]["all"] > 0 and result["accuracy_spliced"]["all"] == 0
+    assert np.isnan(evaluate_sae(model, sae, quizzes, greedy=False)["accuracy_spliced"]["all"])
+
+
+def _grid_loss_with(model, tokens, scale: torch.Tensor) -> float:
+    """Mean grid loss with SITE multiplied by `scale` (per dimension) on the predicted grid's
+    positions: a hand-written hook and cross-entropy, sharing nothing with evaluate_sae."""
+    start = tokens.shape[1] - 100  # the grid's 100 cells; logits at p predict token p
+
+    def hook(act, hook):
+        act = act.clone()
+        act[:, start:] *= scale
+        return act
+
+    with torch.no_grad(), model.hooks([(SITE, hook)]):
+        logits = model(tokens)
+    return float(F.cross_entropy(logits[:, start:].transpose(1, 2), tokens[:, start:]))
+
+
+def test_loss_recovered_between_the_endpoints(model, quizzes):
+    """An SAE reconstructing only the first KEPT dimensions: loss recovered strictly between 0
+    and 1, equal to the formula on hand-computed clean, zeroed and half-kept losses."""
+    kept = torch.zeros(128)
+    kept[:KEPT] = 1
+    sae = identity_sae(128, SITE)
+    with torch.no_grad():
+        sae.W_dec.mul_(kept)
+    result = evaluate_sae(model, sae, quizzes, positions="grid", greedy=False)
+    clean, zero, spliced = (
+        _grid_loss_with(model, quizzes.tokens, s) for s in (torch.ones(128), kept * 0, kept)
+    )
+    assert result["loss_spliced"]["all"] == pytest.approx(spliced, rel=1e-4)
+    expected = (zero - spliced) / (zero - clean)
+    assert result["loss_recovered"]["all"] == pytest.approx(expected, rel=1e-3)
+    assert 0.05 < expected < 0.95, expected

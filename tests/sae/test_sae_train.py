@@ -92,11 +92,15 @@ def test_recovers_known_dictionary(arch):
         **train_extra,
     )
     sae = train_sae(None, sae_cfg, train_cfg, store=source, progress=False)
+    # Margins, measured over seeds 0-2 (source and SAE; the test runs seed 0): recovery
+    # 0.949-0.993 (jumprelu lowest); explained variance 0.80-0.85 for relu (its L1 shrinks the
+    # reconstructions), 0.937-0.967 for the others; L0 2.97-3.0 (topk, batchtopk), 3.1-4.1
+    # (gated, jumprelu), 6.4-6.7 (relu).
     assert _recovery(sae, source.atoms) > 0.9
     x = next(source)  # the returned SAE works in the source's own units
     recon, latents = sae(x)
     ev = 1 - (x - recon).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
-    assert ev > 0.8
+    assert ev > (0.75 if arch == "relu" else 0.9), float(ev)
     l0 = float((latents > 0).sum(-1).float().mean())
     # The source draws exactly 3 atoms per row. TopK caps L0 at k=3 by construction, so for it
     # the check that can fail is the floor: latents that died or never fire would lower it.
@@ -132,9 +136,12 @@ def test_aux_k_revives_dead_latents():
 
     (without, found_without), (with_aux, found_with) = run(0.0), run(1.0)
     # 16 live latents cannot cover 32 atoms; AuxK trains about 16 of the dead ones onto the
-    # missing atoms (the other dead ones have nothing left to explain)
+    # missing atoms (the other dead ones have nothing left to explain). Margins, measured over
+    # (source, SAE) seeds (3, 0) (the test's), (4, 1), (5, 2): dead latents 47-48 without AuxK,
+    # 23-34 with it; recovery 0.72-0.76 without, 0.90-0.97 with (0.901 at the test's seed, so
+    # the floor is 0.88 and the gain over no AuxK, 0.14-0.25, is checked too).
     assert without >= 45 and found_without < 0.8
-    assert with_aux <= without - 12 and found_with > 0.9
+    assert with_aux <= without - 10 and found_with > 0.88 and found_with > found_without + 0.1
 
 
 def test_aux_k_loss_by_hand():

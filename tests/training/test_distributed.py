@@ -1,10 +1,13 @@
 """DistributedDataParallel on CPU: 2 processes with the gloo backend train one model together,
-and end where one process trained on the two ranks' batches concatenated ends."""
+and end where one process trained on the two ranks' batches concatenated ends.
+
+The processes meet through a file (init_method file://), not a TCP port: no free port to pick,
+so no race with other programs for it; the group and the join both have a deadline."""
 
 from __future__ import annotations
 
+import datetime
 import os
-import socket
 import time
 
 import pytest
@@ -21,21 +24,17 @@ STEPS = 3
 TIMEOUT_S = 300  # both processes together, generous for a loaded machine
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+def _worker(rank: int, world: int, rendezvous: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
+    # joined here, so the trainer's setup() finds the group ready (and its cleanup ends it)
+    torch.distributed.init_process_group(
+        "gloo",
+        init_method=f"file://{rendezvous}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=TIMEOUT_S),
+    )
     from gridlens.training.trainer import train
 
     summary = train(
@@ -46,9 +45,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     assert summary["finished"]
 
 
-def _spawn(out: str) -> None:
+def _spawn(rendezvous: str, out: str) -> None:
     """The two ranks, failing the test (not hanging it) past TIMEOUT_S."""
-    context = mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=False)
+    context = mp.spawn(_worker, args=(2, rendezvous, out), nprocs=2, join=False)
     deadline = time.monotonic() + TIMEOUT_S
     while not context.join(timeout=5):
         if time.monotonic() > deadline:
@@ -89,9 +88,10 @@ def _one_process_reference(cfg) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
+@pytest.mark.slow
 def test_ddp_gloo_two_processes(tmp_path):
     out = str(tmp_path / "ddp")
-    _spawn(out)
+    _spawn(str(tmp_path / "rendezvous"), out)
     state = ckpt.load_checkpoint(ckpt.latest_checkpoint(out))
     assert state["world_size"] == 2 and state["step"] == STEPS
     a = torch.load(f"{out}/rank0.pt", weights_only=True)

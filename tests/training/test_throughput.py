@@ -72,6 +72,7 @@ def test_training_with_data_workers_is_bit_identical(tmp_path):
     assert same_weights(plain.state_dict(), workers.state_dict())
 
 
+@pytest.mark.slow
 def test_time_budget_fixes_steps_during_the_warm_up_reproducibly(tmp_path):
     """The calibrated step count lands in config.json and the log; the run equals one started
     with that count (the schedule before the calibration does not depend on it)."""

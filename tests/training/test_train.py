@@ -162,6 +162,7 @@ def run_cli(capsys, *args):
     return code, out, err
 
 
+@pytest.mark.slow
 def test_cli_train_and_eval(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     code, out, err = run_cli(
