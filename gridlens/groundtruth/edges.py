@@ -8,7 +8,8 @@ The true edges of a task come from its high-level model and the correspondence:
   this is checked, not declared: v reads the tokens if recomputing it from other inputs' tokens
   with its own parents' values held changes it somewhere;
 - the output variable's node -> ``logits``; in a multi-task model the task-id head too (the
-  output is chosen by it), and a task's circuit includes the task head's edges.
+  output is chosen by it) with ``input`` -> task head. Scored on one task's inputs, whose
+  pairs all share the task id, the task head's edges are left out (:func:`unscored_node`).
 
 A head's query, key and value are separate receivers in the edge graph, but the correspondence
 says which node computes a variable, not through which of a head's inputs it reads its parents:
@@ -111,6 +112,17 @@ def sweep_auc(kept: list[np.ndarray], truth: np.ndarray) -> tuple[float, list[li
     return float(np.trapezoid(xy[:, 1], xy[:, 0])), xy.tolist()
 
 
+def ranking_roc(scores: np.ndarray, truth: np.ndarray) -> list[list[float]]:
+    """(FPR, TPR) points of every cut of the ranking by ``scores`` (ties cut together)."""
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], truth[order]
+    cuts = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    tp, fp = np.cumsum(y)[cuts], np.cumsum(~y)[cuts]
+    pos, neg = max(y.sum(), 1), max((~y).sum(), 1)
+    points = zip((fp / neg).tolist(), (tp / pos).tolist(), strict=True)
+    return [[0.0, 0.0]] + [list(p) for p in points]
+
+
 def gt_problem(model, bench: Benchmark, tokens: torch.Tensor, task: int | None) -> EdgeProblem:
     """Inputs of one task (all when None) against themselves rolled by one."""
     if task is not None:
@@ -121,6 +133,16 @@ def gt_problem(model, bench: Benchmark, tokens: torch.Tensor, task: int | None) 
     answer, wrong = bench.labels(tokens), bench.labels(corrupted)
     answer = torch.where(wrong >= 0, answer, -1)
     return EdgeProblem(tokens, corrupted, answer, wrong)
+
+
+def unscored_node(bench: Benchmark, task: int | None) -> str | None:
+    """The task head when scoring one task of a multi-task model: both inputs of each pair
+    then have the same task id, so no patching can see its edges; they are left out."""
+    return node_of(bench.correspondence["task"]) if bench.multi and task is not None else None
+
+
+def _first(problem: EdgeProblem, n: int) -> EdgeProblem:
+    return EdgeProblem(*(x[:n] for x in vars(problem).values()))
 
 
 def faithfulness_curve(run: EdgeRun, scores: torch.Tensor, points: int = 10) -> list[list[float]]:
@@ -137,21 +159,33 @@ def faithfulness_curve(run: EdgeRun, scores: torch.Tensor, points: int = 10) -> 
 
 
 def score_edges(
-    model, bench: Benchmark, tokens: torch.Tensor, task: int | None = None, n_thresholds: int = 8
+    model,
+    bench: Benchmark,
+    tokens: torch.Tensor,
+    task: int | None = None,
+    n_thresholds: int = 6,
+    examples: int = 200,
+    acdc_examples: int = 64,
 ) -> dict:
-    """ACDC (KL, a threshold sweep), EAP and EAP-IG (loss) on one task's inputs: per method
-    the edge-level ROC AUC against :func:`true_pairs`, faithfulness against circuit size and
-    the seconds taken."""
-    run = EdgeRun(model.eval(), gt_problem(model, bench, tokens, task))
+    """ACDC (KL, a threshold sweep), EAP and EAP-IG (logit difference) on one task's first
+    ``examples`` inputs (ACDC, a forward pass per edge and threshold: ``acdc_examples``): per
+    method the edge-level ROC AUC against :func:`true_pairs`, faithfulness against circuit
+    size and the seconds taken."""
+    problem = gt_problem(model, bench, tokens, task)
+    run = EdgeRun(model.eval(), _first(problem, examples))
+    small = EdgeRun(model, _first(problem, acdc_examples))
     pairs, index = pair_index(run.graph)
     truth_set = true_pairs(bench, task)
     truth = np.array([p in truth_set for p in pairs])
+    skip = unscored_node(bench, task)
+    scored = np.array([skip not in p for p in pairs])
+    truth = truth[scored]
     methods: dict[str, dict] = {}
     t0 = time.perf_counter()
-    thresholds = default_thresholds(run, "kl", n_thresholds)
-    kept = acdc_sweep(run, thresholds, "kl")
+    thresholds = default_thresholds(small, "kl", n_thresholds)
+    kept = acdc_sweep(small, thresholds, "kl")
     seconds = time.perf_counter() - t0
-    pair_kept = [pair_max(k.float(), index, len(pairs)).numpy() > 0 for k in kept]
+    pair_kept = [pair_max(k.float(), index, len(pairs)).numpy()[scored] > 0 for k in kept]
     auc, roc = sweep_auc(pair_kept, truth)
     methods["acdc"] = {
         "auc": auc,
@@ -162,19 +196,20 @@ def score_edges(
     }
     for name, fn in (("eap", eap), ("eap_ig", eap_ig)):
         t0 = time.perf_counter()
-        scores = fn(run, "loss")
+        scores = fn(run, "logit_diff")
         seconds = time.perf_counter() - t0
-        per_pair = pair_max(scores, index, len(pairs)).numpy()
+        per_pair = pair_max(scores, index, len(pairs)).numpy()[scored]
         methods[name] = {
             "auc": roc_auc(per_pair, truth),
+            "roc": ranking_roc(per_pair, truth),
             "seconds": seconds,
             "faithfulness": faithfulness_curve(run, scores),
         }
     return {
         "task": bench.tasks[task].name if task is not None else "all",
         "n_edges": len(run.graph),
-        "pairs": [f"{s}->{r}" for s, r in pairs],
-        "true_pairs": sorted(f"{s}->{r}" for s, r in truth_set),
+        "pairs": [f"{s}->{r}" for (s, r), ok in zip(pairs, scored, strict=True) if ok],
+        "true_pairs": sorted(f"{s}->{r}" for s, r in truth_set if skip not in (s, r)),
         "methods": methods,
     }
 

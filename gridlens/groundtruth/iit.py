@@ -703,9 +703,7 @@ def _check_run_fields(meta: dict, meta_file: Path) -> None:
     optional = {"subspaces": bool, "model_overrides": dict}
     for key, kind in {**required, **optional}.items():
         if (key in required or key in meta) and not isinstance(meta.get(key), kind):
-            raise CheckpointError(
-                f"{meta_file}: field {key!r} is missing or not a {kind.__name__}"
-            )
+            raise CheckpointError(f"{meta_file}: field {key!r} is missing or not a {kind.__name__}")
 
 
 def load_run(path: Path):
