@@ -27,9 +27,11 @@ def acdc(
     threshold: float,
     metric: str = "kl",
     progress: Callable[[int], None] | None = None,
+    effects: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The edges [n_edges] (bool) ACDC keeps at ``threshold`` (in the metric's units, see
-    :meth:`EdgeRun.damage`); ``progress(k)`` after every k edges decided."""
+    :meth:`EdgeRun.damage`); ``progress(k)`` after every k edges decided. ``effects``, if
+    given ([n_edges]), receives each tested edge's increase of the metric when removed."""
     check_metric(metric)
     if not threshold >= 0:
         raise ConfigError(f"ACDC threshold must be >= 0, got {threshold}")
@@ -52,6 +54,8 @@ def acdc(
                 with torch.no_grad():  # the senders before this receiver's stage are unchanged
                     logits, trial = run.forward(keep.float(), stage, outs)
                 value = run.distance(logits, metric)
+                if effects is not None:
+                    effects[e] = value - current
                 if value - current < threshold:
                     current, outs = value, trial
                 else:

@@ -20,7 +20,8 @@ from gridlens.errors import ConfigError
 
 def _gradient(run: EdgeRun, alpha: float, metric: str) -> torch.Tensor:
     """dM/dw [batch, n_edges] with every edge weight at ``alpha``."""
-    weights = torch.full((len(run.problem), len(run.graph)), alpha, requires_grad=True)
+    shape = (len(run.problem), len(run.graph))
+    weights = torch.full(shape, alpha, device=run.problem.clean.device, requires_grad=True)
     with torch.enable_grad():
         value = run.per_example(run.logits(weights), metric)
         (grad,) = torch.autograd.grad(value.sum(), weights)
@@ -32,7 +33,7 @@ def eap(run: EdgeRun, metric: str = "loss") -> torch.Tensor:
     KL is refused: it is at its minimum on the clean run, so its gradient there is zero."""
     if check_metric(metric) == "kl":
         raise ConfigError("EAP needs a metric with a gradient on the clean run: loss or logit_diff")
-    return _gradient(run, 1.0, metric).abs().mean(0)
+    return _gradient(run, 1.0, metric).abs().mean(0).cpu()
 
 
 def eap_ig(run: EdgeRun, metric: str = "loss", steps: int = 8) -> torch.Tensor:
@@ -41,4 +42,4 @@ def eap_ig(run: EdgeRun, metric: str = "loss", steps: int = 8) -> torch.Tensor:
     if steps < 1:
         raise ConfigError(f"EAP-IG needs at least one step, got {steps}")
     total = sum(_gradient(run, (i + 0.5) / steps, metric) for i in range(steps))
-    return (total / steps).abs().mean(0)
+    return (total / steps).abs().mean(0).cpu()

@@ -96,7 +96,7 @@ class EdgeGraph:
         """Edge weights [..., n_edges] as [..., n_receivers, n_senders] (0 where no edge)."""
         shape = (*weights.shape[:-1], len(self.receivers), len(self.senders))
         out = weights.new_zeros(shape)
-        out[..., self.dst, self.src] = weights
+        out[..., self.dst.to(weights.device), self.src.to(weights.device)] = weights
         return out
 
 
@@ -131,7 +131,7 @@ def edge_forward(
     outs = upstream[: graph.stages[start][2]] if start else embed(model, tokens)[None]
     _, n, t, d = outs.shape
     if weights is not None:
-        w = graph.matrix(weights.to(outs.dtype))
+        w = graph.matrix(weights.to(device=outs.device, dtype=outs.dtype))
         w = w.expand(n, *w.shape[-2:]) if w.dim() == 2 else w
     delta = outs if weights is None else outs - corrupt[: len(outs)]  # this run - corrupted
 
