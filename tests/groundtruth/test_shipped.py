@@ -77,6 +77,8 @@ def test_eval_of_a_shipped_name_writes_the_overall_metrics(tmp_path):
     assert data["shipped"] is True and data["benchmark"] == "left_greater"
     assert data["accuracy"] == 1.0 and data["iia"] >= 0.99 and data["siia"] >= 0.99
     assert (tmp_path / "left_greater-eval" / "eval.json").is_file()
+    assert set(data["edge_auc"]) == {"acdc", "eap", "eap_ig"}
+    assert (tmp_path / "left_greater-eval" / "edges.png").is_file()
 
 
 def test_a_local_folder_of_the_same_name_takes_precedence(tmp_path):
