@@ -118,6 +118,7 @@ def analyze() -> None:
       gridlens analyze atp --method 'atp*' --compare
       gridlens analyze generate --ablate L0H1
       gridlens analyze probe --annotation changes
+      gridlens analyze circuit --task contact --method eap_ig
     """
 
 
@@ -340,7 +341,13 @@ def probe_command(model, tasks, n_per_task, seed, out, device, annotation, sites
 )
 @click.option("--edges", "n_edges", default=30, show_default=True, help="Edges kept (EAP/EAP-IG).")
 @click.option("--threshold", type=float, default=None, help="ACDC (default: 1% of all-corrupt).")
-@click.option("--kind", type=click.Choice(["parameter", "colour", "task"]), default="parameter")
+@click.option(
+    "--kind",
+    type=click.Choice(["parameter", "colour", "task"]),
+    default="parameter",
+    show_default=True,
+    help="Pair kind (see `analyze patch`).",
+)
 @click.option("-n", "--n-per-task", type=int, default=8, show_default=True, help="Pairs.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=OutputPath("dir"), default="analysis", show_default=True)
