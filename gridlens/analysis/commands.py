@@ -139,6 +139,7 @@ def analyze() -> None:
       gridlens analyze interpolate --components layers --alphas -0.5:1.5:9
       gridlens analyze generate --ablate L0H1
       gridlens analyze probe --annotation changes
+      gridlens analyze circuit --task contact --method eap_ig
     """
 
 
@@ -409,3 +410,59 @@ def probe_command(model, tasks, n_per_task, seed, out, device, annotation, sites
         result = train_probes(loaded, quizzes, annotation, sites=chosen, seed=seed, control=control)
     name = f"probe_{annotation}"
     _report(stage, out, name, {"probes": result}, lambda d: [_png(result, d / f"{name}.png")])
+
+
+@analyze.command("circuit", context_settings=CONTEXT)
+@click.option(
+    "--model",
+    default="default",
+    show_default=True,
+    help="'default', a run or model directory, a model file or a checkpoint.",
+)
+@click.option("--task", default="contact", show_default=True, help="One task with pairs.")
+@click.option(
+    "--method", type=click.Choice(["acdc", "eap", "eap_ig"]), default="eap_ig", show_default=True
+)
+@click.option(
+    "--metric",
+    type=click.Choice(["kl", "logit_diff", "loss"]),
+    default=None,
+    help="Default: kl for acdc, logit_diff for eap and eap_ig.",
+)
+@click.option("--edges", "n_edges", default=30, show_default=True, help="Edges kept (EAP/EAP-IG).")
+@click.option("--threshold", type=float, default=None, help="ACDC (default: 1% of all-corrupt).")
+@click.option(
+    "--kind",
+    type=click.Choice(["parameter", "colour", "task"]),
+    default="parameter",
+    show_default=True,
+    help="Pair kind (see `analyze patch`).",
+)
+@click.option("-n", "--n-per-task", type=int, default=8, show_default=True, help="Pairs.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=OutputPath("dir"), default="analysis", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (cuda if any), cpu, cuda:1")
+def circuit_command(
+    model, task, method, metric, n_edges, threshold, kind, n_per_task, seed, out, device
+):
+    """The edge circuit of one task (ACDC, EAP or EAP-IG) drawn as a graph: layers as
+    columns, edge width by effect."""
+    from tqdm import tqdm
+
+    from gridlens.analysis.circuits import EdgeGraph
+    from gridlens.analysis.circuits.culture import culture_problem, find_circuit
+
+    if threshold is not None and not threshold >= 0:
+        raise ConfigError(f"--threshold must be >= 0, got {threshold}")
+    options = (model, task, n_per_task, seed, device)
+    loaded, _, _, stage = _setup("circuit", options, 2, quizzes=False)
+    with stage("quiz pairs"):
+        problem = culture_problem(task, n_per_task, seed, kind)
+        for name in ("clean", "corrupted", "answer", "wrong"):
+            setattr(problem, name, getattr(problem, name).to(loaded.device))
+    with stage(method), tqdm(total=len(EdgeGraph(loaded.cfg)), desc=method, unit="edge") as bar:
+        result = find_circuit(
+            loaded, problem, task, method, metric, n_edges, threshold, progress=bar.update
+        )
+    name = f"circuit_{task}_{method}"
+    _report(stage, out, name, {"circuit": result}, lambda d: [_png(result, d / f"{name}.png")])

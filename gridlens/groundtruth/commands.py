@@ -184,7 +184,8 @@ def train(
     "json_path",
     type=OutputPath("file"),
     default=None,
-    help="Also write the overall accuracy, iia and siia (and per node) to this file.",
+    help="Also write the overall accuracy, iia and siia (and per node) and the edge-level ROC "
+    "AUC of each circuit-discovery method (edge_auc) to this file.",
 )
 @click.option(
     "-n",
@@ -253,6 +254,7 @@ def eval_(
     with stage("accuracy, IIA and SIIA"):
         m = report["metrics"] = evaluate(model, bench, torch.cat([fit_tokens, test_tokens]))
     click.echo(f"accuracy {m['accuracy']:.5f}  IIA {m['iia']:.5f}  SIIA {m['siia']:.5f}")
+    report["edge_discovery"] = _eval_edges(model, bench, test_tokens, out)
     if json_path:
         _write_metrics_json(Path(json_path), report, n_per_task, seed)
     sae = dict(n_latents=sae_latents or None, arch=sae_arch, k=sae_k, sae_steps=sae_steps)
@@ -281,6 +283,7 @@ def _write_metrics_json(path: Path, report: dict, n_per_task: int, seed: int) ->
         "n_per_task": n_per_task,
         "seed": seed,
         **{k: m[k] for k in keys},
+        "edge_auc": report["edge_discovery"]["edge_auc"],
     }
     text = json.dumps(_jsonable(data), indent=1) + "\n"
     atomic_write(path, lambda handle: handle.write(text.encode()))
@@ -318,6 +321,22 @@ def _eval_saes(model, bench, fit_tokens, test_tokens, out: Path, seed: int, sae:
             iia = ", ".join(f"{m} {r['methods'][m]['iia'][var]:.4f}" for m in references)
             click.echo(f"  {var}: subspace IIA {iia}")
     return report
+
+
+def _eval_edges(model, bench, test_tokens, out: Path) -> dict:
+    """ACDC, EAP and EAP-IG per task against the known edges: AUC, faithfulness, seconds."""
+    from gridlens.groundtruth.edges import edge_auc, score_edges
+    from gridlens.groundtruth.figures import edge_discovery
+
+    tasks = range(len(bench.tasks)) if bench.multi else [None]
+    results = []
+    for k in tasks:
+        r = score_edges(model, bench, test_tokens, task=k)
+        results.append(r)
+        scores = [f"{m} {v['auc']:.3f} ({v['seconds']:.1f} s)" for m, v in r["methods"].items()]
+        click.echo(f"edges {r['task']}: ROC AUC " + ", ".join(scores))
+    edge_discovery(results, f"{bench.name}: edge-level circuit discovery", out / "edges.png")
+    return {"edge_auc": edge_auc(results), "tasks": results}
 
 
 def _eval_circuits(model, bench, test_tokens, out: Path) -> list[dict]:

@@ -127,3 +127,32 @@ def circuit_scores(results: list[dict], path: Path | None = None, title: str = "
     fig.suptitle(title)
     fig.tight_layout()
     return finish(fig, path)
+
+
+def edge_discovery(results: list[dict], title: str, path: Path | None = None):
+    """Per task (rows): each edge method's ROC curve against the known edges, and the share of
+    clean behaviour its circuits keep against their size. Returns the Figure."""
+    from gridlens.plotting import finish, pyplot
+
+    fig, axes = pyplot().subplots(
+        len(results), 2, figsize=(9, 3.2 * len(results) + 0.4), squeeze=False
+    )
+    for (roc, faith), r in zip(axes, results, strict=True):
+        for name, m in r["methods"].items():
+            xy = np.asarray(m["roc"])
+            roc.plot(xy[:, 0], xy[:, 1], marker=".", label=f"{name} (AUC {m['auc']:.3f})")
+            kf = np.asarray(sorted(m["faithfulness"]))
+            faith.plot(kf[:, 0], kf[:, 1], marker=".", label=f"{name} ({m['seconds']:.1f} s)")
+        roc.plot([0, 1], [0, 1], color="grey", ls=":", lw=0.8)
+        roc.set_xlabel("false positive rate")
+        roc.set_ylabel("true positive rate")
+        roc.set_title(f"{r['task']}: edges vs the known circuit", fontsize=9)
+        roc.legend(fontsize=7)
+        faith.set_xscale("log")
+        faith.set_xlabel(f"edges kept (of {r['n_edges']})")
+        faith.set_ylabel("share of clean behaviour kept")
+        faith.set_title(f"{r['task']}: faithfulness against circuit size", fontsize=9)
+        faith.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return finish(fig, path)

@@ -336,9 +336,7 @@ def resolve_model(spec: str, device: str = "cpu"):
     help="Write eval.json, bars.png and failures.png into this directory.",
 )
 @click.option("--bars", type=OutputPath("file"), default=None, help="Bar chart PNG.")
-@click.option(
-    "--gallery", type=OutputPath("file"), default=None, help="Failure gallery PNG."
-)
+@click.option("--gallery", type=OutputPath("file"), default=None, help="Failure gallery PNG.")
 @click.option(
     "--tasks", default=None, help="Tasks (default: those the model was trained on, else the 8)."
 )

@@ -87,6 +87,8 @@ def test_eval_of_a_shipped_name_writes_the_overall_metrics(tmp_path):
             wins = score[inside][:, None] - score[~inside][None, :]
             auc = float(np.mean((wins > 0) + 0.5 * (wins == 0)))
             assert row[f"auc_{method}"] == pytest.approx(auc)
+    assert set(data["edge_auc"]) == {"acdc", "eap", "eap_ig"}
+    assert (tmp_path / "left_greater-eval" / "edges.png").is_file()
 
 
 def test_a_local_folder_of_the_same_name_takes_precedence(tmp_path):
