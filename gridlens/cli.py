@@ -3,7 +3,9 @@ loaded lazily, so `gridlens --help` stays fast and one broken extra never breaks
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import re
 import sys
 import traceback
 
@@ -21,6 +23,7 @@ SUBCOMMANDS: dict[str, str] = {
     "analyze": "gridlens.analysis.commands:analyze",
     "culture": "gridlens.training.culture.commands:culture",
     "sae": "gridlens.sae.commands:sae",
+    "graph": "gridlens.graphs.commands:graph",
 }
 
 
@@ -61,6 +64,18 @@ def _os_error(error: OSError) -> str:
     return f"gridlens: error: {where}{error.strerror or error}"
 
 
+def _suggestion(error: click.UsageError) -> str:
+    """' Did you mean ...?' for a mistyped subcommand of any group (`gridlens reprot`): click
+    suggests nothing for the lazily loaded top level, nor at all before click 8.4."""
+    message = error.format_message()
+    unknown = re.match(r"No such command '(.+)'\.$", message)
+    group = error.ctx.command if error.ctx else None
+    if unknown is None or not isinstance(group, click.Group):
+        return ""
+    close = difflib.get_close_matches(unknown[1], group.list_commands(error.ctx), n=3, cutoff=0.6)
+    return f" Did you mean {' or '.join(repr(name) for name in close)}?" if close else ""
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one line and exit 2; an unexpected error prints one line
     and a hint to rerun with --debug, which shows its traceback."""
@@ -78,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except click.UsageError as error:
         hint = f" (see '{error.ctx.command_path} --help')" if error.ctx else ""
-        click.echo(f"gridlens: error: {error.format_message()}{hint}", err=True)
+        message = error.format_message() + _suggestion(error)
+        click.echo(f"gridlens: error: {message}{hint}", err=True)
         sys.exit(2)
     except click.ClickException as error:
         _fail(f"gridlens: error: {error.format_message()}", error.exit_code)

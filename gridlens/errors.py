@@ -44,3 +44,7 @@ def unknown_name(kind: str, name: str, known: Iterable[str]) -> UnknownNameError
 
 class OutputError(GridlensError):
     """An output path that cannot be written (checked before the work starts)."""
+
+
+class MissingDependencyError(GridlensError, ImportError):
+    """An optional package a function needs is not installed."""

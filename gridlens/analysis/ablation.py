@@ -19,6 +19,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,8 +36,12 @@ from gridlens.analysis.core import (
 )
 from gridlens.analysis.patching import _tail
 from gridlens.errors import ConfigError, unknown_name
-from gridlens.io import atomic_write
 from gridlens.models.generate import complete
+from gridlens.notebook import Tabular, result_html
+from gridlens.plotting import finish, pyplot
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 METHODS = ("zero", "mean", "resample")
 GROUPS = {"layers": ("attn", "mlp"), "heads": ("head",), "neurons": ("neuron",)}
@@ -176,7 +181,7 @@ def ablation_hooks(
 
 
 @dataclass
-class AblationResult:
+class AblationResult(Tabular):
     """Per-quiz metrics, clean and with each component ablated (rows follow `components`)."""
 
     method: str
@@ -248,6 +253,19 @@ class AblationResult:
             "effects": {name: {m: effects[m][name] for m in effects} for name in self.components},
         }
 
+    def to_records(self) -> list[dict]:
+        """One row per (component, task): every metric of ablating the component."""
+        effects = {m: self.effect(m) for m in self.metrics()}
+        return [
+            {"component": c, "task": t, **{m: effects[m][c][t] for m in effects}}
+            for c in self.components
+            for t in self.task_names()
+        ]
+
+    def _repr_html_(self) -> str:
+        title = f"{self.method} ablation of {len(self.components)} components"
+        return result_html(title, self.findings(), self.plot(), self.to_records())
+
     def findings(self) -> list[str]:
         clean = per_task(self.clean_loss, self.tasks)["all"]
         ranked = self.top(len(self.components), "loss_ratio")
@@ -281,22 +299,17 @@ class AblationResult:
             )
         return out
 
-    def plot(self, path: str | Path) -> Path:
+    def plot(self, path: str | Path | None = None) -> Figure:
         """Heat maps of the grid-loss increase per task (layer x head, or layer x {attn, mlp});
         a bar chart of the top components for neurons or mixed lists."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         kinds = {_kind(name) for name in self.components}
         if kinds == {"head"} or kinds <= {"attn", "mlp"}:
             fig = self._heat_maps(plt, "head" in kinds)
         else:
             fig = self._bars(plt)
-        atomic_write(path, lambda handle: fig.savefig(handle, format="png"))
-        plt.close(fig)
-        return Path(path)
+        return finish(fig, path)
 
     def _heat_maps(self, plt, heads: bool):
         """One panel per task of the absolute grid-loss increase (ratios would be dominated by

@@ -16,14 +16,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from gridlens.analysis.core import ComponentError, QuizSet, component_names, parse_component
 from gridlens.errors import ConfigError, TokenError
-from gridlens.plotting import pyplot, save_figure
+from gridlens.notebook import Tabular, result_html
+from gridlens.plotting import finish, pyplot
 from gridlens.world.tokens import COLOR_RGB, N_COLORS, TOKEN_TO_GRID, grid_size_from_length
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Categories of attended keys, in priority order (a key belongs to the first that matches).
 CATEGORIES: tuple[str, ...] = (
@@ -121,7 +126,7 @@ def _patterns(model, tokens: torch.Tensor, layers: list[int]) -> dict[int, torch
 
 
 @dataclass
-class HeadClassification:
+class HeadClassification(Tabular):
     """Attention mass by key category for every head (see CATEGORIES / CATEGORY_HELP).
 
     mass_predicted: [heads, categories] averaged over quizzes and over the queries that predict
@@ -186,6 +191,19 @@ class HeadClassification:
             )
         return "\n".join(lines)
 
+    def to_records(self) -> list[dict]:
+        """One row per head: its label, entropy, top offset and mass on every key category."""
+        return [
+            {"head": head, "label": label, "entropy_bits": float(self.entropy_bits[i]),
+             "top_offset": int(self.top_offset[i]),
+             **{c: float(self.mass_predicted[i, j]) for j, c in enumerate(self.categories)}}
+            for i, (head, (label, _)) in enumerate(zip(self.heads, self.labels(), strict=True))
+        ]  # fmt: skip
+
+    def _repr_html_(self) -> str:
+        title = f"attention of {len(self.heads)} heads by key category"
+        return result_html(title, self.findings(), self.plot(), self.to_records())
+
     def findings(self) -> list[str]:
         labels = self.labels()
         clear = [(i, name, m) for i, (name, m) in enumerate(labels) if name != "mixed"]
@@ -204,7 +222,7 @@ class HeadClassification:
         )
         return out
 
-    def plot(self, path) -> Path:
+    def plot(self, path: str | Path | None = None) -> Figure:
         """Heads x categories heat map of the predicted-grid attention mass."""
         plt = pyplot()
         n = len(self.heads)
@@ -223,7 +241,7 @@ class HeadClassification:
         fig.colorbar(im, ax=ax, label="attention mass (predicted-grid queries)")
         ax.set_title("Attention mass by key category, per head")
         fig.tight_layout()
-        return save_figure(fig, path)
+        return finish(fig, path)
 
 
 def _row(values: np.ndarray, categories: tuple[str, ...]) -> dict[str, float]:
@@ -298,7 +316,9 @@ def classify_heads(
 # ---------------------------------------------------------------------- one pattern
 
 
-def plot_pattern(model, tokens: torch.Tensor, head: str, path, query: int | None = None) -> Path:
+def plot_pattern(
+    model, tokens: torch.Tensor, head: str, path: str | Path | None = None, query: int | None = None
+) -> Figure:
     """One head's attention for one quiz: the quiz's four grids, and under each the weight the
     query puts on each of its cells, plus the whole [404, 404] pattern as a thumbnail.
 
@@ -382,7 +402,7 @@ def plot_pattern(model, tokens: torch.Tensor, head: str, path, query: int | None
         f"top offset {int(q - row.argmax())} ({float(row.max()):.2f})",
         fontsize=10,
     )
-    return save_figure(fig, path)
+    return finish(fig, path)
 
 
 def _top_cells(weights: torch.Tensor, width: int, vmax: float):

@@ -12,6 +12,7 @@ import click
 
 from gridlens.errors import ConfigError
 from gridlens.io import OutputPath, save_or_rescue
+from gridlens.progress import Stages
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -47,19 +48,25 @@ def _common(function: Callable) -> Callable:
             show_default=True,
             help="Folder for the PNGs and JSON.",
         ),
-        click.option("--device", default="cpu", show_default=True),
+        click.option(
+            "--device", default="auto", show_default=True, help="auto (cuda if any), cpu, cuda:1"
+        ),
     ]
     for option in reversed(options):
         function = option(function)
     return function
 
 
-def _setup(model: str, tasks: str, n_per_task: int, seed: int, device: str, quizzes: bool = True):
-    """(model, task names, quiz set or None) after checking the options."""
+def _setup(command: str, options: tuple, stages: int, quizzes: bool = True):
+    """(model, task names, quiz set or None, the command's Stages) after checking `options`
+    (model, tasks, n_per_task, seed, device); `stages` counts the computations between loading
+    the model and drawing the figures."""
     from gridlens.analysis.core import quiz_set
     from gridlens.training.commands import resolve_model
+    from gridlens.training.trainer import resolve_device
     from gridlens.world.tasks import resolve_tasks
 
+    model, tasks, n_per_task, seed, device = options
     if n_per_task < 1:
         raise ConfigError(f"--n-per-task must be >= 1, got {n_per_task}")
     if seed < 0:
@@ -67,8 +74,12 @@ def _setup(model: str, tasks: str, n_per_task: int, seed: int, device: str, quiz
     if not any(part.strip() for part in tasks.split(",")):
         raise ConfigError(f"--tasks {tasks!r} selects no task")
     names = resolve_tasks(tasks)
-    loaded = resolve_model(model, device)[0].eval()
-    return loaded, names, quiz_set(names, n_per_task, seed=seed) if quizzes else None
+    where = resolve_device(device)
+    stage = Stages(f"analyze {command}", stages + 2)
+    with stage("loading the model"):
+        loaded = resolve_model(model, where)[0].eval()
+        chosen = quiz_set(names, n_per_task, seed=seed) if quizzes else None
+    return loaded, names, chosen, stage
 
 
 def _names(text: str) -> str | list[str]:
@@ -89,7 +100,15 @@ def _write_json(path: Path, data: dict[str, Any]) -> Path:
 Draw = Callable[[Path], list[Path]]
 
 
-def _report(out: str, name: str, results: dict[str, Any], draw: Draw, **extra) -> None:
+def _png(result: Any, path: Path, **options) -> Path:
+    """Write `result.plot` to `path` (a PNG) and return the path, for the files written."""
+    result.plot(path, **options)
+    return path
+
+
+def _report(
+    stage: Stages, out: str, name: str, results: dict[str, Any], draw: Draw, **extra
+) -> None:
     """Draw the figures (`draw(folder)` returns their paths) and write NAME.json (every
     result's to_json) into `out`, or into a rescue folder if that fails; print the findings
     and files."""
@@ -99,7 +118,8 @@ def _report(out: str, name: str, results: dict[str, Any], draw: Draw, **extra) -
         folder = place(Path(out))
         return [*draw(folder), _write_json(folder / f"{name}.json", payload)]
 
-    written = save_or_rescue(write, "analysis results")
+    with stage("figures"):
+        written = save_or_rescue(write, "analysis results")
     for result in results.values():
         for line in result.findings():
             click.echo(f"- {line}")
@@ -137,10 +157,13 @@ def ablate_command(model, tasks, n_per_task, seed, out, device, components, meth
     """Ablate each component on its own; the grid loss / accuracy lost, per task."""
     from gridlens.analysis.ablation import ablate
 
-    loaded, _, quizzes = _setup(model, tasks, n_per_task, seed, device)
-    result = ablate(loaded, quizzes, _names(components), method=method, greedy=greedy, seed=seed)
+    options = (model, tasks, n_per_task, seed, device)
+    loaded, _, quizzes, stage = _setup("ablate", options, 1)
+    chosen = _names(components)
+    with stage("ablations"):
+        result = ablate(loaded, quizzes, chosen, method=method, greedy=greedy, seed=seed)
     name = f"ablate_{method}"
-    _report(out, name, {"ablation": result}, lambda d: [result.plot(d / f"{name}.png")])
+    _report(stage, out, name, {"ablation": result}, lambda d: [_png(result, d / f"{name}.png")])
 
 
 @analyze.command("attention", context_settings=CONTEXT)
@@ -155,22 +178,22 @@ def attention_command(model, tasks, n_per_task, seed, out, device, heads, quiz, 
     from gridlens.analysis.attention import classify_heads, plot_pattern
     from gridlens.analysis.core import ComponentError, parse_component
 
-    loaded, _, quizzes = _setup(model, tasks, n_per_task, seed, device)
+    loaded, _, quizzes, stage = _setup("attention", (model, tasks, n_per_task, seed, device), 1)
     for head in heads:  # before any work, so bad input writes nothing
         if parse_component(head, loaded.cfg).kind != "head":
             raise ComponentError(f"--head {head!r}: expected a head, e.g. L0H1")
     if not 0 <= quiz < len(quizzes):
         raise ConfigError(f"--quiz must be 0..{len(quizzes) - 1}, got {quiz}")
-    result = classify_heads(loaded, quizzes)
+    with stage("attention patterns"):
+        result = classify_heads(loaded, quizzes)
 
     def draw(folder: Path) -> list[Path]:
-        patterns = [
-            plot_pattern(loaded, quizzes.tokens[quiz], h, folder / f"pattern_{h}.png", query=query)
-            for h in heads
-        ]
-        return [result.plot(folder / "attention.png"), *patterns]
+        patterns = [folder / f"pattern_{h}.png" for h in heads]
+        for head, path in zip(heads, patterns, strict=True):
+            plot_pattern(loaded, quizzes.tokens[quiz], head, path, query=query)
+        return [_png(result, folder / "attention.png"), *patterns]
 
-    _report(out, "attention", {"heads": result}, draw)
+    _report(stage, out, "attention", {"heads": result}, draw)
 
 
 @analyze.command("direct", context_settings=CONTEXT)
@@ -183,14 +206,17 @@ def direct_command(model, tasks, n_per_task, seed, out, device, cell):
     attribution."""
     from gridlens.analysis.direct import copy_scores, logit_lens
 
-    loaded, _, quizzes = _setup(model, tasks, n_per_task, seed, device)
-    copies = copy_scores(loaded, quizzes)
-    lens = logit_lens(loaded, quizzes, cell=cell)
+    loaded, _, quizzes, stage = _setup("direct", (model, tasks, n_per_task, seed, device), 2)
+    with stage("copy scores"):
+        copies = copy_scores(loaded, quizzes)
+    with stage("logit lens"):
+        lens = logit_lens(loaded, quizzes, cell=cell)
     _report(
+        stage,
         out,
         "direct",
         {"copy_scores": copies, "logit_lens": lens},
-        lambda d: [copies.plot(d / "copy_scores.png"), lens.plot(d / "logit_lens.png")],
+        lambda d: [_png(copies, d / "copy_scores.png"), _png(lens, d / "logit_lens.png")],
     )
 
 
@@ -218,11 +244,15 @@ def patch_command(model, tasks, n_per_task, seed, out, device, kind, components)
     share of the clean answer's log-prob it restores, per task."""
     from gridlens.analysis.patching import activation_patching, make_pairs
 
-    loaded, names, _ = _setup(model, tasks, n_per_task, seed, device, quizzes=False)
-    pairs = make_pairs(kind, names, n_per_task, seed)
-    result = activation_patching(loaded, pairs, _names(components))
+    options = (model, tasks, n_per_task, seed, device)
+    loaded, names, _, stage = _setup("patch", options, 2, quizzes=False)
+    with stage("quiz pairs"):
+        pairs = make_pairs(kind, names, n_per_task, seed)
+    with stage("activation patching"):
+        result = activation_patching(loaded, pairs, _names(components))
     name = f"patch_{kind}"
-    _report(out, name, {"activation_patching": result}, lambda d: [result.plot(d / f"{name}.png")])
+    results = {"activation_patching": result}
+    _report(stage, out, name, results, lambda d: [_png(result, d / f"{name}.png")])
 
 
 @analyze.command("atp", context_settings=CONTEXT)
@@ -237,25 +267,29 @@ def atp_command(model, tasks, n_per_task, seed, out, device, kind, components, m
     from gridlens.analysis.attribution import compare as compare_results
     from gridlens.analysis.patching import activation_patching, make_pairs
 
-    loaded, names, _ = _setup(model, tasks, n_per_task, seed, device, quizzes=False)
-    pairs = make_pairs(kind, names, n_per_task, seed)
+    options = (model, tasks, n_per_task, seed, device)
+    loaded, names, _, stage = _setup("atp", options, 3 if compare else 2, quizzes=False)
+    with stage("quiz pairs"):
+        pairs = make_pairs(kind, names, n_per_task, seed)
     chosen = _names(components)
-    result = attribution_patching(loaded, pairs, chosen, method=method)
+    with stage(method):
+        result = attribution_patching(loaded, pairs, chosen, method=method)
     stem = f"atp_{kind}" if method == "atp" else f"atpstar_{kind}"
     results: dict[str, Any] = {method: result}
     extra: dict[str, Any] = {}
     if compare:
-        results["activation_patching"] = activation_patching(loaded, pairs, chosen)
+        with stage("activation patching"):
+            results["activation_patching"] = activation_patching(loaded, pairs, chosen)
         extra["agreement"] = compare_results(results["activation_patching"], result)
         click.echo(f"agreement with activation patching: {_agreement(extra['agreement'])}")
 
     def draw(folder: Path) -> list[Path]:
-        figures = [result.plot(folder / f"{stem}.png")]
+        figures = [_png(result, folder / f"{stem}.png")]
         if compare:
-            figures.append(results["activation_patching"].plot(folder / f"patch_{kind}.png"))
+            figures.append(_png(results["activation_patching"], folder / f"patch_{kind}.png"))
         return figures
 
-    _report(out, stem, results, draw, **extra)
+    _report(stage, out, stem, results, draw, **extra)
 
 
 def _agreement(data: dict[str, Any]) -> str:
@@ -284,14 +318,16 @@ def generate_command(model, tasks, n_per_task, seed, out, device, components, me
     from gridlens.analysis.ablation import ablation_hooks
     from gridlens.analysis.intervention import generate_under
 
-    loaded, _, quizzes = _setup(model, tasks, n_per_task, seed, device)
-    hooks = ablation_hooks(loaded, quizzes, _names(components), method=method, seed=seed)
-    result = generate_under(loaded, quizzes, hooks)
+    loaded, _, quizzes, stage = _setup("generate", (model, tasks, n_per_task, seed, device), 1)
+    with stage("generation"):
+        hooks = ablation_hooks(loaded, quizzes, _names(components), method=method, seed=seed)
+        result = generate_under(loaded, quizzes, hooks)
     _report(
+        stage,
         out,
         "generate",
         {"generation": result},
-        lambda d: [result.plot(d / "generate.png")],
+        lambda d: [_png(result, d / "generate.png")],
         ablated=components,
         method=method,
     )
@@ -308,14 +344,25 @@ def generate_command(model, tasks, n_per_task, seed, out, device, components, me
 @click.option(
     "--sites", default=None, help="Comma-separated hook names (default: the residual stream)."
 )
-def probe_command(model, tasks, n_per_task, seed, out, device, annotation, sites):
-    """Linear probes per layer for a per-token annotation, against a shuffled-label control."""
+@click.option(
+    "--control",
+    type=click.Choice(["type", "permute"]),
+    default="type",
+    show_default=True,
+    help="The control task: 'type' gives each token type (the colour read) a random label "
+    "drawn from the training labels (Hewitt & Liang); 'permute' shuffles the labels.",
+)
+def probe_command(model, tasks, n_per_task, seed, out, device, annotation, sites, control):
+    """Linear probes per layer for a per-token annotation, each against the majority class and
+    a control task (by default each token type gets a random label: a probe that reaches the
+    control memorises token types rather than reading the annotation)."""
     from gridlens.analysis.probes import train_probes
 
-    loaded, _, quizzes = _setup(model, tasks, n_per_task, seed, device)
     chosen = [s.strip() for s in sites.split(",") if s.strip()] if sites else None
     if sites is not None and not chosen:
         raise ConfigError(f"--sites {sites!r} names no hook")
-    result = train_probes(loaded, quizzes, annotation, sites=chosen, seed=seed)
+    loaded, _, quizzes, stage = _setup("probe", (model, tasks, n_per_task, seed, device), 1)
+    with stage("probes"):
+        result = train_probes(loaded, quizzes, annotation, sites=chosen, seed=seed, control=control)
     name = f"probe_{annotation}"
-    _report(out, name, {"probes": result}, lambda d: [result.plot(d / f"{name}.png")])
+    _report(stage, out, name, {"probes": result}, lambda d: [_png(result, d / f"{name}.png")])

@@ -111,6 +111,9 @@ class QuizSet:
 
     batch: QuizBatch
 
+    def _repr_html_(self) -> str:
+        return self.batch._repr_html_()
+
     @property
     def tokens(self) -> torch.Tensor:
         return self.batch.tokens

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,8 +19,11 @@ import torch.nn.functional as F
 
 from gridlens.analysis.core import QuizSet, component_names, per_task, predicted_cells
 from gridlens.errors import ConfigError
-from gridlens.plotting import pyplot, save_figure
+from gridlens.plotting import finish, pyplot
 from gridlens.world.tokens import N_COLORS, grid_size_from_length
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _batches(model, quizzes: QuizSet, names: list[str], batch_size: int):
@@ -118,7 +122,7 @@ class DirectPathResult:
             f"{self.actual_vs_truth[real]['all']:.1%}).",
         ]
 
-    def plot(self, path) -> Path:
+    def plot(self, path: str | Path | None = None) -> Figure:
         """Every head's direct-path matrix (rows centred: a constant per row is irrelevant to
         the softmax), titled with its copy and trace scores."""
         plt = pyplot()
@@ -142,7 +146,7 @@ class DirectPathResult:
         fig.supxlabel("output logit (token)")
         fig.supylabel("attended token")
         fig.suptitle("Direct path embedding -> LN1 -> OV -> unembedding, per head")
-        return save_figure(fig, path)
+        return finish(fig, path)
 
 
 def ln_scales(model, quizzes: QuizSet, batch_size: int = 64) -> torch.Tensor:
@@ -315,7 +319,7 @@ class LogitLensResult:
             + ".",
         ]
 
-    def plot(self, path) -> Path:
+    def plot(self, path: str | Path | None = None) -> Figure:
         """Left: accuracy per site per task; right: DLA per component (all tasks)."""
         plt = pyplot()
         fig, (left, right) = plt.subplots(
@@ -343,7 +347,7 @@ class LogitLensResult:
         )
         right.set_ylabel("contribution to correct - mean logit")
         fig.tight_layout()
-        return save_figure(fig, path)
+        return finish(fig, path)
 
 
 def logit_lens(

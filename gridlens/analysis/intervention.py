@@ -11,13 +11,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from gridlens.analysis.core import QuizSet, per_task, predicted_cells
-from gridlens.io import atomic_write
 from gridlens.models.generate import complete
+from gridlens.plotting import finish, pyplot
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def first_mismatch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -113,12 +117,9 @@ class InterventionResult:
             out[str(task)] = counts.reshape(self.height, self.width)
         return out
 
-    def plot(self, path: str | Path) -> Path:
+    def plot(self, path: str | Path | None = None) -> Figure:
         """One 10x10 panel per task (and all): how many first errors fall on each cell."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         maps = self.error_maps()
         acc = self.accuracy()
@@ -147,9 +148,7 @@ class InterventionResult:
             fontsize=10,
         )
         fig.tight_layout()
-        atomic_write(path, lambda handle: fig.savefig(handle, format="png"))
-        plt.close(fig)
-        return Path(path)
+        return finish(fig, path)
 
 
 @torch.no_grad()

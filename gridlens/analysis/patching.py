@@ -29,6 +29,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -43,8 +44,12 @@ from gridlens.analysis.core import (
 from gridlens.analysis.pairs import PAIR_KINDS, PairError, PairSet, as_tokens, make_pairs
 from gridlens.errors import ConfigError, unknown_name
 from gridlens.io import atomic_write
-from gridlens.plotting import pyplot, save_figure
+from gridlens.notebook import Tabular, result_html
+from gridlens.plotting import finish, pyplot
 from gridlens.world.tokens import GRID_NAMES
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "PAIR_KINDS",
@@ -177,7 +182,7 @@ def _nan_to_none(values) -> list:
 
 
 @dataclass
-class PatchingResult:
+class PatchingResult(Tabular):
     """Per-component restoration scores per task ("all" pools every pair), for activation
     patching ("activation") and its gradient estimates ("atp", "atp*")."""
 
@@ -238,6 +243,18 @@ class PatchingResult:
             "top": [[name, value] for name, value in self.top(10)],
         }
 
+    def to_records(self) -> list[dict]:
+        """One row per (component, task): the restored fraction (None where undefined)."""
+        return [
+            {"component": c, "task": t, "score": None if np.isnan(v[i]) else float(v[i])}
+            for i, c in enumerate(self.components)
+            for t, v in self.scores.items()
+        ]
+
+    def _repr_html_(self) -> str:
+        title = f"{self.method} patching of {len(self.components)} components ({self.pair_kind})"
+        return result_html(title, self.findings(), self.plot(), self.to_records())
+
     def save_json(self, path) -> Path:
         data = json.dumps(self.to_json(), indent=1).encode()
         return atomic_write(path, lambda handle: handle.write(data))
@@ -270,7 +287,7 @@ class PatchingResult:
             )
         return out[:4]
 
-    def plot(self, path, limit: float | None = None) -> Path:
+    def plot(self, path: str | Path | None = None, limit: float | None = None) -> Figure:
         """Heat map layer x head (heads), layer x position block (resid), else the top bars.
         `limit`: the colour scale's +- bound (default: this result's largest |score|), so that
         several results can share one scale."""
@@ -317,7 +334,7 @@ class PatchingResult:
             ax.set_xlabel("restored fraction of the clean log-prob")
         ax.set_title(title, fontsize=9)
         fig.tight_layout()
-        return save_figure(fig, path)
+        return finish(fig, path)
 
 
 def _kind(name: str) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,8 +26,12 @@ import torch.nn.functional as F
 
 from gridlens.analysis.core import QuizSet
 from gridlens.errors import ConfigError, unknown_name
-from gridlens.io import atomic_write
 from gridlens.models.hooks import PATTERN_SITES, resolve_names
+from gridlens.notebook import Tabular, result_html
+from gridlens.plotting import finish, pyplot
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 WORLD_ANNOTATIONS = ("objects", "roles", "changes", "noise")
 ANNOTATIONS = (*WORLD_ANNOTATIONS, "colour", "grid")
@@ -132,7 +137,7 @@ def fit_probe(
 
 
 @dataclass
-class ProbeResult:
+class ProbeResult(Tabular):
     """Held-out accuracy of a linear probe per site, with the references to read it against."""
 
     annotation: str
@@ -166,6 +171,19 @@ class ProbeResult:
             "n_test": self.n_test,
         }
 
+    def to_records(self) -> list[dict]:
+        """One row per site: held-out accuracy, the control's, selectivity, majority class."""
+        selectivity = self.selectivity()
+        return [
+            {"site": s, "accuracy": self.accuracy[s], "control_accuracy": self.control_accuracy[s],
+             "selectivity": selectivity[s], "majority": self.baseline}
+            for s in self.sites
+        ]  # fmt: skip
+
+    def _repr_html_(self) -> str:
+        title = f"linear probes for '{self.annotation}' (control: {self.control})"
+        return result_html(title, self.findings(), self.plot(), self.to_records())
+
     def findings(self) -> list[str]:
         """The most selective site, stated against its control; at chance (selectivity under
         SELECTIVE, or no better than the majority class) it is said to be no finding."""
@@ -191,12 +209,9 @@ class ProbeResult:
             f"{100 * self.control_accuracy[best]:.1f}%).",
         ]
 
-    def plot(self, path: str | Path) -> Path:
+    def plot(self, path: str | Path | None = None) -> Figure:
         """Accuracy per site, with the majority baseline and the control task."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         xs = range(len(self.sites))
         fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(self.sites) + 2), 3.6), dpi=110)
@@ -216,9 +231,7 @@ class ProbeResult:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        atomic_write(path, lambda handle: fig.savefig(handle, format="png"))
-        plt.close(fig)
-        return Path(path)
+        return finish(fig, path)
 
 
 def _short(site: str) -> str:

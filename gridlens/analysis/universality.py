@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,7 +21,10 @@ from scipy.optimize import linear_sum_assignment
 
 from gridlens.errors import ConfigError
 from gridlens.models.generate import last_grid_positions
-from gridlens.plotting import pyplot, save_figure
+from gridlens.plotting import finish, pyplot
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -128,7 +131,7 @@ class UniversalityResult:
             f"{b.max_match.mean():.2f}.",
         ]
 
-    def plot(self, path: str | Path) -> Path:
+    def plot(self, path: str | Path | None = None) -> Figure:
         plt = pyplot()
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
         bins = np.linspace(0, 1, 41)
@@ -145,7 +148,7 @@ class UniversalityResult:
         right.legend(fontsize=8)
         fig.suptitle(f"universality at {self.site}")
         fig.tight_layout()
-        return save_figure(fig, path)
+        return finish(fig, path)
 
 
 def compare_units(
@@ -206,7 +209,7 @@ def pairwise(models: Sequence, measure: Callable[[Any, Any], UniversalityResult]
     return out
 
 
-def plot_pairwise(matrix: np.ndarray, path: str | Path, title: str) -> Path:
+def plot_pairwise(matrix: np.ndarray, path: str | Path | None = None, title: str = "") -> Figure:
     """Heat map of a [K, K] pairwise universality matrix."""
     plt = pyplot()
     k = len(matrix)
@@ -222,4 +225,4 @@ def plot_pairwise(matrix: np.ndarray, path: str | Path, title: str) -> Path:
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, label="mean max-match")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return finish(fig, path)

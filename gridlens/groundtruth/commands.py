@@ -8,11 +8,10 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
-import torch
 
 from gridlens.errors import ConfigError
 from gridlens.io import OutputPath, save_or_rescue
+from gridlens.progress import Stages
 
 
 @click.group()
@@ -188,6 +187,7 @@ def train(
     help="Also write the overall accuracy, iia and siia (and per node) to this file.",
 )
 @click.option(
+    "-n",
     "--n-per-task",
     default=1000,
     show_default=True,
@@ -202,13 +202,18 @@ def eval_(
     run_dir, out_dir, json_path, n_per_task, sae_arch, sae_latents, sae_k, sae_steps, seed
 ) -> None:
     """Accuracy/IIA/SIIA on fresh data, SAEs vs the known variables, circuit-discovery ROC AUC."""
+    import numpy as np
+    import torch
+
     from gridlens.groundtruth.iit import _jsonable, evaluate, load_run
     from gridlens.groundtruth.shipped import resolve_run
 
     if n_per_task < 4:
         raise ConfigError(f"--n-per-task must be >= 4, got {n_per_task}")
-    folder, shipped = resolve_run(run_dir)
-    model, bench, _meta = load_run(folder)
+    stage = Stages("groundtruth eval", 4)
+    with stage("loading the run"):
+        folder, shipped = resolve_run(run_dir)
+        model, bench, _meta = load_run(folder)
     out = Path(out_dir) if out_dir else Path(f"{run_dir}-eval" if shipped else folder / "eval")
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -216,13 +221,16 @@ def eval_(
     test_tokens, _ = bench.generate(n_per_task - n_per_task // 2, rng)
     t0 = time.perf_counter()
     report: dict = {"run": str(folder), "shipped": shipped, "benchmark": bench.describe()}
-    m = report["metrics"] = evaluate(model, bench, torch.cat([fit_tokens, test_tokens]))
+    with stage("accuracy, IIA and SIIA"):
+        m = report["metrics"] = evaluate(model, bench, torch.cat([fit_tokens, test_tokens]))
     click.echo(f"accuracy {m['accuracy']:.5f}  IIA {m['iia']:.5f}  SIIA {m['siia']:.5f}")
     if json_path:
         _write_metrics_json(Path(json_path), report, n_per_task, seed)
     sae = dict(n_latents=sae_latents or None, arch=sae_arch, k=sae_k, sae_steps=sae_steps)
-    report["sae"] = _eval_saes(model, bench, fit_tokens, test_tokens, out, seed, sae)
-    report["circuit_discovery"] = _eval_circuits(model, bench, test_tokens, out)
+    with stage("SAEs against the known variables"):
+        report["sae"] = _eval_saes(model, bench, fit_tokens, test_tokens, out, seed, sae)
+    with stage("circuit discovery"):
+        report["circuit_discovery"] = _eval_circuits(model, bench, test_tokens, out)
     report["seconds"] = time.perf_counter() - t0
     (out / "eval.json").write_text(json.dumps(_jsonable(report), indent=1))
     click.echo(f"wrote {out}/eval.json and figures")
@@ -249,6 +257,8 @@ def _write_metrics_json(path: Path, report: dict, n_per_task: int, seed: int) ->
 
 
 def _eval_saes(model, bench, fit_tokens, test_tokens, out: Path, seed: int, sae: dict) -> dict:
+    import torch
+
     from gridlens.groundtruth.figures import sae_matrix, sae_scores
     from gridlens.groundtruth.scoring import mlp_variables, score_mlp
 
@@ -320,7 +330,7 @@ def _eval_circuits(model, bench, test_tokens, out: Path) -> list[dict]:
     help="[RUN=]PATH: a SAELens 6 SAE folder (ours or any tool's) to score at its own site "
     "(hook_name, hook_head_index); repeatable. Without RUN=, on every model it fits.",
 )
-@click.option("--n-per-task", default=1000, show_default=True, help="Half fit, half scored.")
+@click.option("-n", "--n-per-task", default=1000, show_default=True, help="Half fit, half scored.")
 @click.option("--sae-steps", default=500, show_default=True)
 @click.option("--sae-k", default=8, show_default=True)
 @click.option("--seed", default=0, show_default=True)
@@ -331,6 +341,8 @@ def _eval_circuits(model, bench, test_tokens, out: Path) -> list[dict]:
 def score(runs, sites, train_saes, saes, n_per_task, sae_steps, sae_k, seed, threads, out_dir):
     """Score neurons, probes and SAEs (trained here or loaded) against every known variable:
     one table (JSON, Markdown, PNG), methods as rows, benchmark x variable as columns."""
+    import torch
+
     from gridlens.groundtruth.iit import _jsonable, load_run
     from gridlens.groundtruth.scoreboard import (
         check_kinds,

@@ -1,17 +1,21 @@
-"""PNG figures for ground-truth training and evaluation (matplotlib, Agg backend)."""
+"""Figures for ground-truth training and evaluation: each returns its matplotlib Figure and
+writes a PNG only when given a path."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
+from gridlens.plotting import finish, pyplot
 
-def training_curves(history: list[dict], path: Path, title: str) -> None:
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def training_curves(history: list[dict], path: Path | None = None, title: str = "") -> Figure:
+    plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     ep = [r["epoch"] for r in history]
     for key in ("loss_behaviour", "loss_iit", "loss_strict", "loss_total"):
@@ -31,13 +35,13 @@ def training_curves(history: list[dict], path: Path, title: str) -> None:
     b.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return finish(fig, path)
 
 
-def sae_scores(result: dict, path: Path, title: str) -> None:
+def sae_scores(result: dict, path: Path | None = None, title: str = "") -> Figure:
     """Best-unit F1 per variable value for SAE latents, neurons and probes, and the IIA of
     patching the units matched to each variable."""
+    plt = pyplot()
     names = result["value_names"]
     methods = ("sae", "neurons", "probe")
     fig, (a, b) = plt.subplots(
@@ -67,12 +71,12 @@ def sae_scores(result: dict, path: Path, title: str) -> None:
     b.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return finish(fig, path)
 
 
-def sae_matrix(result: dict, path: Path, title: str) -> None:
+def sae_matrix(result: dict, path: Path | None = None, title: str = "") -> Figure:
     """F1 of each value (rows) against the SAE latents matched to any value (columns)."""
+    plt = pyplot()
     f1 = np.asarray(result["methods"]["sae"]["f1_matrix"])
     cols = sorted(
         {
@@ -89,11 +93,11 @@ def sae_matrix(result: dict, path: Path, title: str) -> None:
     fig.colorbar(im, ax=ax, label="F1")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return finish(fig, path)
 
 
-def circuit_scores(results: list[dict], path: Path, title: str) -> None:
+def circuit_scores(results: list[dict], path: Path | None = None, title: str = "") -> Figure:
+    plt = pyplot()
     fig, axes = plt.subplots(len(results), 1, figsize=(9, 2.2 * len(results) + 0.6), squeeze=False)
     for ax, r in zip(axes[:, 0], results, strict=True):
         x = np.arange(len(r["components"]))
@@ -120,5 +124,4 @@ def circuit_scores(results: list[dict], path: Path, title: str) -> None:
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return finish(fig, path)

@@ -406,8 +406,9 @@ def matrix(board: dict, metric: str):
 
 
 def figure(board: dict, path: Path | None = None):
-    """Heatmaps of F1, IIA and purity (rows: methods; columns: benchmark/variable)."""
-    from gridlens.plotting import pyplot, save_figure
+    """Heatmaps of F1, IIA and purity (rows: methods; columns: benchmark/variable); a PNG
+    only when given a path."""
+    from gridlens.plotting import finish, pyplot
 
     plt = pyplot()
     n_rows, n_cols = len(board["rows"]), len(board["columns"])
@@ -422,6 +423,4 @@ def figure(board: dict, path: Path | None = None):
         ax.set_title(metric, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.02)
     fig.tight_layout()
-    if path is not None:
-        save_figure(fig, path)
-    return fig
+    return finish(fig, path)

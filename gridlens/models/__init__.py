@@ -7,43 +7,32 @@ logits, cache = model.run_with_cache(tokens, names=["blocks.0.attn.hook_pattern"
 done = model.complete(tokens, temperature=0.0, seed=0)   # regenerate the last grid (KV cache)
 """
 
-from gridlens.models.checkpoints import (
-    DEFAULT_MODEL_DIR,
-    convert_state_dict,
-    detect_layout,
-    from_state_dict,
-    infer_config,
-    load,
-    save,
-    to_original_state_dict,
-)
-from gridlens.models.config import PRESETS, GridGPTConfig, get_preset
-from gridlens.models.generate import complete, generate, last_grid_positions, positions_mask
-from gridlens.models.gpt import GridGPT, KVCache, shift_tokens, sinusoidal_positions
-from gridlens.models.hooks import BLOCK_SITES, ActivationCache, HookPoint, hook_names
+from gridlens.lazy import lazy_exports
 
-__all__ = [
-    "BLOCK_SITES",
-    "DEFAULT_MODEL_DIR",
-    "PRESETS",
-    "ActivationCache",
-    "GridGPT",
-    "GridGPTConfig",
-    "HookPoint",
-    "KVCache",
-    "complete",
-    "convert_state_dict",
-    "detect_layout",
-    "from_state_dict",
-    "generate",
-    "get_preset",
-    "hook_names",
-    "infer_config",
-    "last_grid_positions",
-    "load",
-    "positions_mask",
-    "save",
-    "shift_tokens",
-    "sinusoidal_positions",
-    "to_original_state_dict",
-]
+_EXPORTS = {
+    "ActivationCache": "hooks",
+    "BLOCK_SITES": "hooks",
+    "DEFAULT_MODEL_DIR": "checkpoints",
+    "GridGPT": "gpt",
+    "GridGPTConfig": "config",
+    "HookPoint": "hooks",
+    "KVCache": "gpt",
+    "PRESETS": "config",
+    "complete": "generate",
+    "convert_state_dict": "checkpoints",
+    "detect_layout": "checkpoints",
+    "from_state_dict": "checkpoints",
+    "generate": "generate",
+    "get_preset": "config",
+    "hook_names": "hooks",
+    "infer_config": "checkpoints",
+    "last_grid_positions": "generate",
+    "load": "checkpoints",
+    "positions_mask": "generate",
+    "save": "checkpoints",
+    "shift_tokens": "gpt",
+    "sinusoidal_positions": "gpt",
+    "to_original_state_dict": "checkpoints",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

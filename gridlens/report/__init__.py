@@ -1,6 +1,11 @@
 """The HTML report: `build_report` runs the evaluation and every analysis on a model and writes
 one self-contained folder (index.html, PNGs beside it, report.json)."""
 
-from gridlens.report.build import SIZES, build_report
+from gridlens.lazy import lazy_exports
 
-__all__ = ["SIZES", "build_report"]
+_EXPORTS = {
+    "SIZES": "build",
+    "build_report": "build",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

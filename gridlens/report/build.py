@@ -68,6 +68,7 @@ class _Run:
     sections: list[Section] = field(default_factory=list)
     population: Path | None = None  # a culture population to report on, if given
     sae_path: Path | None = None  # an SAE given with --sae
+    transcoders_path: Path | None = None  # transcoders given with --transcoders
     claims: list = field(default_factory=list)  # the published claims, tested (findings.py)
     study: Any = None  # the task-specific MLP's quizzes and answers (mlp_claims.MlpStudy)
     sae: Any = None  # the SAE of the SAE section
@@ -88,8 +89,8 @@ class _Run:
 
     def figure(self, result, name: str, caption: str, method: str = "plot") -> Figure:
         """Draw one of the result's figures into the folder; the page's Figure for it."""
-        path = getattr(result, method)(self.folder / name)
-        return Figure(Path(path).name, caption)
+        getattr(result, method)(self.folder / name)
+        return Figure(name, caption)
 
     def keep(self, name: str, result) -> list[str]:
         """Record a result's numbers for report.json; its findings for the page."""
@@ -110,12 +111,14 @@ def build_report(
     command: str | None = None,
     population: str | Path | None = None,
     sae: str | Path | None = None,
+    transcoders: str | Path | None = None,
 ) -> Path:
     """Evaluate `model` and run every analysis on it; write `out/index.html`, its PNGs and
     `out/report.json`. Returns the folder. `size` ("tiny", "small", "full") sets how many
     quizzes each stage uses; `n_per_task` overrides the analysis quiz count; `population` (a
     `gridlens culture run` folder) adds a section on its culture; `sae` (an SAE folder, or
-    'default') replaces the SAE the report would choose or train."""
+    'default') replaces the SAE the report would choose or train; `transcoders` (a
+    `gridlens sae transcoder` folder) adds the attribution graph of the transform cell."""
     from tqdm import tqdm
 
     from gridlens.training.commands import resolve_model
@@ -139,6 +142,12 @@ def build_report(
         population = Path(population)
         load_population_summary(population)  # a bad folder fails before any work
         stages.append(("culture", _stage_culture))
+    if transcoders is not None:
+        from gridlens.report.graph_stage import stage_graph
+        from gridlens.sae.transcoder import load_transcoders
+
+        load_transcoders(transcoders)  # a bad folder fails before any work
+        stages.append(("graph", stage_graph))
     loaded, training, path = resolve_model(str(model), device)
     loaded = loaded.to(device).eval()
     if sae is not None:
@@ -153,6 +162,7 @@ def build_report(
         "n_per_task": n_per_task or spec.n_per_task,
         "population": None if population is None else str(population),
         "sae": None if sae is None else str(sae),
+        "transcoders": None if transcoders is None else str(transcoders),
     }
     command = command or "build_report(" + ", ".join(f"{k}={v!r}" for k, v in options.items()) + ")"
 
@@ -160,6 +170,7 @@ def build_report(
         run = _Run(loaded, task_names, spec, options["n_per_task"], seed, folder, training)
         run.population = population
         run.sae_path = None if sae is None else str(sae)
+        run.transcoders_path = transcoders
         timings: dict[str, float] = {}
         cpu: dict[str, float] = {}
         started, started_cpu = time.perf_counter(), time.process_time()
@@ -558,9 +569,8 @@ def _stage_attention(run: _Run) -> Section:
     for head, value in ablation.top(run.size.patterns):
         task = max(tasks, key=lambda t: ratio[head][t])
         row = int(np.flatnonzero(run.quizzes.tasks == task)[0])
-        path = plot_pattern(
-            run.model, run.quizzes.tokens[row], head, run.folder / f"pattern_{head}.png"
-        )
+        path = run.folder / f"pattern_{head}.png"
+        plot_pattern(run.model, run.quizzes.tokens[row], head, path)
         section.add(
             Figure(
                 Path(path).name,
@@ -673,7 +683,8 @@ def _stage_patching(run: _Run) -> Section:
     )
     limit = max(float(np.nanmax(np.abs(r.scores["all"]), initial=0.0)) for r in scores.values())
     for name, result in scores.items():
-        path = result.plot(run.folder / f"patching_{_FILE[name]}.png", limit=limit or 1.0)
+        path = run.folder / f"patching_{_FILE[name]}.png"
+        result.plot(path, limit=limit or 1.0)
         caption = f"{_LABEL.get(name, 'Activation patching')} per head: restored fraction"
         section.add(Figure(path.name, f"{caption}, all tasks (one colour scale: +-{limit:.2f})."))
     return section
@@ -692,11 +703,9 @@ def _chance(n: int, k: int) -> str:
 
 def _agreement_figure(exact, estimates: dict, path: Path) -> Figure:
     """Scatter of each estimate against the exact scores, one point per head."""
-    import matplotlib
+    from gridlens.plotting import finish, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     x = np.nan_to_num(exact.scores["all"])
     fig, axes = plt.subplots(1, len(estimates), figsize=(4.6 * len(estimates), 4.2), dpi=110)
     for ax, (method, result) in zip(np.atleast_1d(axes), estimates.items(), strict=True):
@@ -713,8 +722,7 @@ def _agreement_figure(exact, estimates: dict, path: Path) -> Figure:
         ax.set_title(f"{_LABEL[method]} vs activation patching, per head", fontsize=10)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    atomic_write(path, lambda handle: fig.savefig(handle, format="png"))
-    plt.close(fig)
+    finish(fig, path)
     return Figure(
         path.name, "Each head's AtP / AtP* estimate against its activation-patching score."
     )

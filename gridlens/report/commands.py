@@ -37,10 +37,14 @@ from gridlens.io import OutputPath
     help="How many quizzes each stage uses: small takes minutes on a CPU, full much longer.",
 )
 @click.option(
-    "--n-per-task", type=int, default=None, help="Analysis quizzes per task (overrides --size)."
+    "-n",
+    "--n-per-task",
+    type=int,
+    default=None,
+    help="Analysis quizzes per task (overrides --size).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
+@click.option("--device", default="auto", show_default=True, help="auto (cuda if any), cpu, cuda:1")
 @click.option(
     "--population",
     type=click.Path(file_okay=False),
@@ -53,8 +57,16 @@ from gridlens.io import OutputPath
     help="An SAE folder (ours or SAELens's) or 'default' for the SAE section, instead of the "
     "one the report picks or trains for the task-specific MLP.",
 )
+@click.option(
+    "--transcoders",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="A `gridlens sae transcoder` folder: adds the attribution graph of the transform cell.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def report(model, tasks, out, size, n_per_task, seed, device, population, sae, no_progress) -> None:
+def report(
+    model, tasks, out, size, n_per_task, seed, device, population, sae, transcoders, no_progress
+) -> None:
     """Evaluate MODEL and run every circuit analysis on it; write OUT/index.html.
 
     \b
@@ -63,7 +75,9 @@ def report(model, tasks, out, size, n_per_task, seed, device, population, sae, n
       gridlens report --tasks frame,contact --n-per-task 32
     """
     from gridlens.report.build import build_report
+    from gridlens.training.trainer import resolve_device
 
+    device = str(resolve_device(device))
     args = ["gridlens", "report", "--model", model, "--tasks", tasks, "--out", out]
     args += ["--size", size, "--seed", str(seed), "--device", device]
     if n_per_task is not None:
@@ -72,6 +86,8 @@ def report(model, tasks, out, size, n_per_task, seed, device, population, sae, n
         args += ["--population", population]
     if sae is not None:
         args += ["--sae", sae]
+    if transcoders is not None:
+        args += ["--transcoders", transcoders]
     # SIGTERM as an exception, so the half-built folder beside --out is removed as on Ctrl-C
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
@@ -87,6 +103,7 @@ def report(model, tasks, out, size, n_per_task, seed, device, population, sae, n
             command=shlex.join(args),
             population=population,
             sae=sae,
+            transcoders=transcoders,
         )
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -84,18 +84,22 @@ def _eval_mode(model) -> Iterator[None]:
         model.train(was_training)
 
 
-def _forward(model, tokens: torch.Tensor, hook_name: str, autocast_dtype=None) -> torch.Tensor:
-    """The site's activation [batch, pos, d] (trailing axes flattened), as float32."""
-    stop = check_site(model, hook_name)
+def _forward(
+    model, tokens: torch.Tensor, hook_name: str, autocast_dtype=None, target_hook=None
+) -> torch.Tensor:
+    """The site's activation [batch, pos, d] (trailing axes flattened), as float32; with
+    `target_hook`, that site's activation concatenated after it (a transcoder's pair)."""
+    names = [hook_name] + ([target_hook] if target_hook else [])
+    stop = max(check_site(model, name) for name in names)
     autocast = (
         torch.autocast(model.device.type, dtype=autocast_dtype)
         if autocast_dtype not in (None, torch.float32)
         else contextlib.nullcontext()
     )
     with torch.no_grad(), autocast:
-        _, cache = model.run_with_cache(tokens, names=hook_name, stop_at_layer=stop)
-    act = cache[hook_name]
-    return act.reshape(act.shape[0], act.shape[1], -1).float()
+        _, cache = model.run_with_cache(tokens, names=names, stop_at_layer=stop)
+    acts = [cache[name].reshape(*tokens.shape[:2], -1).float() for name in names]
+    return torch.cat(acts, -1) if target_hook else acts[0]
 
 
 def _check_finite(acts: torch.Tensor, hook_name: str, where: str) -> None:
@@ -116,11 +120,13 @@ def collect(
     with_index: bool = False,
     device: str | torch.device | None = None,
     autocast_dtype: torch.dtype | None = None,
+    target_hook: str | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The site's activations at the kept positions of every quiz, [rows, d_in], quiz-major.
 
     with_index=True also returns (quiz_index [rows], position [rows]), so each row can be
-    traced back to its quiz (row i of `tokens`) and token position.
+    traced back to its quiz (row i of `tokens`) and token position. target_hook: a second
+    site whose activations follow the first's in each row (a transcoder's input and target).
     """
     check_site(model, hook_name)
     if batch_size < 1:
@@ -131,7 +137,9 @@ def collect(
     chunks = []
     with _eval_mode(model):
         for lo in range(0, len(tokens), batch_size):
-            act = _forward(model, tokens[lo : lo + batch_size], hook_name, autocast_dtype)
+            act = _forward(
+                model, tokens[lo : lo + batch_size], hook_name, autocast_dtype, target_hook
+            )
             chunks.append(act[:, mask].reshape(-1, act.shape[-1]).to(out_device))
     acts = torch.cat(chunks)
     _check_finite(acts, hook_name, f"quizzes 0..{len(tokens) - 1}")
@@ -155,7 +163,8 @@ class ActivationStore:
 
     with_index=True yields (acts, quiz, position, task) instead, where quiz counts the quizzes
     the store generated (0, 1, ...) and task indexes `store.tasks`. rank: a torchrun process's
-    own stream of quizzes and shuffling (rank 0 is the one-process stream).
+    own stream of quizzes and shuffling (rank 0 is the one-process stream). target_hook:
+    rows hold that site's activations after `hook_name`'s (a transcoder's input and target).
     """
 
     def __init__(
@@ -174,8 +183,12 @@ class ActivationStore:
         autocast_dtype: torch.dtype | None = None,
         with_index: bool = False,
         rank: int = 0,
+        target_hook: str | None = None,
     ):
         self.stop_at_layer = check_site(model, hook_name)
+        if target_hook is not None:
+            self.stop_at_layer = max(self.stop_at_layer, check_site(model, target_hook))
+        self.target_hook = target_hook
         position_mask(positions)  # validates the name
         self.tasks = tuple(resolve_tasks(tasks))
         if batch_size < 1 or model_batch < 1:
@@ -223,6 +236,7 @@ class ActivationStore:
             self.model_batch,
             device=self.device,
             autocast_dtype=self.autocast_dtype,
+            target_hook=self.target_hook,
         )
         task_id = {t: i for i, t in enumerate(self.tasks)}
         tasks = torch.tensor([task_id[t] for t in batch.task.tolist()])

@@ -11,6 +11,10 @@
   latents it keeps.
 - `ablate_latents` / `amplify_latents`: greedy predicted-grid accuracy per task with latents
   zeroed, kept alone, or multiplied, during generation.
+- Seed 004, per example: `example_attribution` (each quiz's attribution and its top-k
+  (position, latent) pairs of each sign), its clustered latent x example matrix, `ablate_pairs`
+  (zero a quiz's own pairs at their positions, then generate and score with
+  gridlens.sae.steering.generation_metrics) and `attribution_study` (all of it over several SAEs).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,7 +31,11 @@ import torch.nn.functional as F
 
 from gridlens.analysis.core import QuizSet, grid_metrics, per_task, predicted_cells
 from gridlens.errors import ConfigError
-from gridlens.plotting import save_figure
+from gridlens.plotting import finish, pyplot
+from gridlens.sae.splice import encode_inference
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _hooks(sae, edit: Callable | None, positions, keep_error: bool = True) -> list:
@@ -86,12 +95,9 @@ class AttributionResult:
             },
         }
 
-    def plot(self, path: str | Path, k: int = 8) -> Path:
+    def plot(self, path: str | Path | None = None, k: int = 8) -> Figure:
         """Per task, the k latents of largest |attribution| (bars)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         cols = min(4, len(self.tasks))
         rows = math.ceil(len(self.tasks) / cols)
@@ -107,7 +113,7 @@ class AttributionResult:
             ax.axis("off")
         fig.suptitle("grad x activation on log p(correct grid), per latent", fontsize=10)
         fig.tight_layout()
-        return save_figure(fig, path)
+        return finish(fig, path)
 
     def findings(self) -> list[str]:
         out = []
@@ -201,12 +207,9 @@ class MaskResult:
             "history": self.history,
         }
 
-    def plot(self, path: str | Path) -> Path:
+    def plot(self, path: str | Path | None = None) -> Figure:
         """Sorted gate values (log-y), the kept ones above 0.5."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         fig, ax = plt.subplots(figsize=(5, 3))
         g = np.sort(self.gates)[::-1][: max(50, 2 * len(self.kept))]
@@ -216,7 +219,7 @@ class MaskResult:
         ax.set_ylabel("gate")
         ax.set_title(f"{len(self.kept)} latents kept ({self.gate_kind} gates)", fontsize=9)
         fig.tight_layout()
-        return save_figure(fig, path)
+        return finish(fig, path)
 
     def findings(self) -> list[str]:
         return [
@@ -337,12 +340,9 @@ class CausalResult:
             "edited": self.edited,
         }
 
-    def plot(self, path: str | Path) -> Path:
+    def plot(self, path: str | Path | None = None) -> Figure:
         """Greedy accuracy per task, baseline vs edited."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         tasks = list(self.baseline["greedy_accuracy"])
         x = np.arange(len(tasks))
@@ -355,7 +355,7 @@ class CausalResult:
         ax.legend(fontsize=8)
         ax.set_title(self.description, fontsize=9)
         fig.tight_layout()
-        return save_figure(fig, path)
+        return finish(fig, path)
 
     def findings(self) -> list[str]:
         b, e = self.baseline["greedy_accuracy"], self.edited["greedy_accuracy"]
@@ -444,3 +444,319 @@ def amplify_latents(
         keep_error,
         baseline,
     )
+
+
+# ------------------------------------------------------------------------------------ per example
+
+
+@dataclass
+class ExampleAttribution:
+    """Gradient x activation per quiz (SAE-basis attribution, per example).
+
+    by_latent[i, j]: quiz i's attribution to latent j summed over positions. positive[i] /
+    negative[i]: quiz i's k (position, latent, attribution) pairs of largest positive (they
+    support the correct grid: zeroing them should lower its probability) and most negative
+    attribution (they oppose it)."""
+
+    hook_name: str
+    tasks: np.ndarray  # [n] task of each quiz
+    metric: np.ndarray  # [n] clean log-probability of the correct grid
+    by_latent: np.ndarray  # [n, d_sae]
+    positive: list[list[tuple[int, int, float]]]
+    negative: list[list[tuple[int, int, float]]]
+
+    def pairs(self, sign: str) -> list[list[tuple[int, int, float]]]:
+        if sign not in ("positive", "negative"):
+            raise ConfigError(f"sign must be 'positive' or 'negative', got {sign!r}")
+        return self.positive if sign == "positive" else self.negative
+
+    def expression(self, n_latents: int = 40, n_clusters: int = 4) -> ExpressionClusters:
+        """The latent x example matrix of the n_latents latents of largest mean |attribution|,
+        rows and columns ordered by hierarchical clustering (average linkage, correlation)."""
+        from scipy.cluster.hierarchy import fcluster, leaves_list, linkage
+
+        score = np.abs(self.by_latent).mean(0)
+        latents = np.argsort(-score, kind="stable")[: min(n_latents, int((score > 0).sum()))]
+        matrix = self.by_latent[:, latents].T  # [latents, examples]
+        if len(latents) < 2 or matrix.shape[1] < 2:
+            raise ConfigError("clustering needs two examples and two latents with attribution")
+        rows = linkage(_jitter(matrix), "average", metric="correlation")
+        cols = linkage(_jitter(matrix.T), "average", metric="correlation")
+        clusters = fcluster(cols, n_clusters, criterion="maxclust")
+        return ExpressionClusters(
+            self.hook_name,
+            latents,
+            matrix,
+            leaves_list(rows),
+            leaves_list(cols),
+            clusters,
+            self.tasks,
+        )
+
+
+def _jitter(m: np.ndarray) -> np.ndarray:
+    """Rows with zero variance have no correlation: give them a tiny deterministic slope."""
+    flat = m.std(1) == 0
+    out = m.astype(np.float64).copy()
+    out[flat] += np.linspace(0, 1e-9, m.shape[1])
+    return out
+
+
+@dataclass
+class ExpressionClusters:
+    """A latent x example attribution matrix with its clustering: `row_order` / `col_order`
+    (dendrogram leaves) and `clusters` [n examples] (cluster ids from the column dendrogram),
+    compared with the quizzes' tasks (the world's ground truth)."""
+
+    hook_name: str
+    latents: np.ndarray
+    matrix: np.ndarray  # [latents, examples]
+    row_order: np.ndarray
+    col_order: np.ndarray
+    clusters: np.ndarray
+    tasks: np.ndarray
+
+    def composition(self) -> dict[int, dict[str, int]]:
+        """cluster id -> task -> number of its examples."""
+        out: dict[int, dict[str, int]] = {}
+        for c, t in zip(self.clusters.tolist(), self.tasks.tolist(), strict=True):
+            out.setdefault(int(c), {}).setdefault(str(t), 0)
+            out[int(c)][str(t)] += 1
+        return dict(sorted(out.items()))
+
+    def purity(self) -> float:
+        """Share of examples whose cluster's majority task is their own task."""
+        majority = sum(max(tasks.values()) for tasks in self.composition().values())
+        return majority / len(self.tasks)
+
+    def to_json(self) -> dict:
+        return {
+            "hook_name": self.hook_name,
+            "values": "gradient x activation summed over positions, per quiz",
+            "clustering": "average linkage on correlation distance, rows and columns",
+            "latents_in_row_order": self.latents[self.row_order].tolist(),
+            "clusters": {str(c): tasks for c, tasks in self.composition().items()},
+            "task_purity": self.purity(),
+        }
+
+    def plot(self, path: str | Path | None = None):
+        """Heatmap (latents x examples, clustered), a task strip over the examples."""
+        plt = pyplot()
+        m = self.matrix[self.row_order][:, self.col_order]
+        names = list(dict.fromkeys(self.tasks.tolist()))
+        strip = np.array([names.index(t) for t in self.tasks[self.col_order]])[None, :]
+        fig, (top, ax) = plt.subplots(
+            2, 1, figsize=(7, 1 + 0.12 * len(m)), height_ratios=[1, 12], sharex=True
+        )
+        top.imshow(strip, aspect="auto", cmap="tab20", vmin=0, vmax=19, interpolation="nearest")
+        top.set_yticks([])
+        top.set_title(f"latent x example attribution at {self.hook_name} (tasks above)", fontsize=9)
+        bound = float(np.abs(m).max()) or 1.0
+        image = ax.imshow(
+            m, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest"
+        )
+        ax.set_yticks(range(len(m)), [str(j) for j in self.latents[self.row_order]], fontsize=5)
+        ax.set_xlabel(f"{m.shape[1]} examples, clustered; task purity {self.purity():.0%}")
+        fig.colorbar(image, ax=ax, label="grad x activation")
+        handles = [
+            plt.Rectangle((0, 0), 1, 1, color=plt.get_cmap("tab20")(i)) for i in range(len(names))
+        ]
+        fig.legend(handles, names, fontsize=6, loc="lower center", ncol=min(5, len(names)))
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
+        return finish(fig, path)
+
+
+def example_attribution(
+    model, sae, quizzes: QuizSet, k: int = 5, batch_size: int = 8
+) -> ExampleAttribution:
+    """Per-quiz gradient x activation of `grid_logprob` (the SAE spliced with its error kept),
+    and each quiz's top-k (position, latent) pairs of either sign."""
+    state: dict[str, torch.Tensor] = {}
+
+    def edit(latents: torch.Tensor) -> torch.Tensor:
+        state["gate"] = torch.ones_like(latents, requires_grad=True)
+        return latents * state["gate"]
+
+    hooks = _hooks(sae, edit, None)
+    d_sae = sae.cfg.d_sae
+    by_latent, metrics, positive, negative = [], [], [], []
+    for chunk in quizzes.tokens.split(batch_size):
+        chunk = chunk.to(model.device)
+        metric = grid_logprob(model.run_with_hooks(chunk, fwd_hooks=hooks), chunk)
+        (grad,) = torch.autograd.grad(metric.sum(), [state["gate"]])
+        grad = grad.detach().float().cpu().reshape(len(chunk), -1)
+        metrics.append(metric.detach().cpu())
+        by_latent.append(grad.reshape(len(chunk), -1, d_sae).sum(1))
+        for sign, into in ((1.0, positive), (-1.0, negative)):
+            values, index = (sign * grad).topk(k, dim=1)
+            for v_row, i_row in zip(values.tolist(), index.tolist(), strict=True):
+                into.append(
+                    [
+                        (i // d_sae, i % d_sae, sign * v)
+                        for v, i in zip(v_row, i_row, strict=True)
+                        if v > 0
+                    ]
+                )
+    return ExampleAttribution(
+        sae.cfg.hook_name,
+        np.asarray(quizzes.tasks),
+        torch.cat(metrics).numpy(),
+        torch.cat(by_latent).numpy(),
+        positive,
+        negative,
+    )
+
+
+def pair_ablation_hook(sae, pairs: Sequence[Sequence[tuple[int, int, float]]]) -> tuple:
+    """A forward hook zeroing, for each row i of the batch, the latents of its (position,
+    latent) pairs `pairs[i]` at those positions only, the SAE's error kept (so only the edit
+    changes the model); absolute positions, so it works under the KV cache."""
+    flat = [(i, p, j) for i, row in enumerate(pairs) for p, j, _ in row]
+    index = torch.as_tensor(flat, dtype=torch.long).reshape(-1, 3)
+
+    def fn(act: torch.Tensor, hook) -> torch.Tensor | None:
+        start, t = getattr(hook, "start", 0), act.shape[1]
+        here = index[(index[:, 1] >= start) & (index[:, 1] < start + t)]
+        if len(here) == 0:
+            return None
+        x = act.reshape(*act.shape[:2], -1).clone()
+        rows, pos, latent = (c.to(act.device) for c in here.T)
+        rel = pos - start
+        f = encode_inference(sae, x[rows, rel].to(sae.W_enc.dtype))
+        removed = f[torch.arange(len(here), device=f.device), latent, None] * sae.W_dec[latent]
+        x.index_put_((rows, rel), -removed.to(x.dtype), accumulate=True)
+        return x.reshape(act.shape)
+
+    return (sae.cfg.hook_name, fn)
+
+
+@torch.no_grad()
+def ablate_pairs(
+    model, sae, quizzes: QuizSet, pairs, check_tasks, batch_size: int = 32, base=None
+) -> tuple[np.ndarray, dict[str, dict[str, float]], torch.Tensor]:
+    """Zero each quiz's (position, latent) `pairs` (one list per quiz): the teacher-forced
+    log-probability of the correct grid per quiz, the generation metrics of the greedy answers
+    (gridlens.sae.steering.generation_metrics, against `base` outputs if given), the outputs."""
+    from gridlens.models.generate import complete
+    from gridlens.sae.steering import generation_metrics
+
+    if len(pairs) != len(quizzes):
+        raise ConfigError(f"{len(pairs)} pair lists for {len(quizzes)} quizzes")
+    logprob, outs = [], []
+    for lo in range(0, len(quizzes), batch_size):
+        chunk = quizzes.tokens[lo : lo + batch_size].to(model.device)
+        with model.hooks([pair_ablation_hook(sae, pairs[lo : lo + batch_size])]):
+            logprob.append(grid_logprob(model(chunk), chunk).cpu())
+            outs.append(complete(model, chunk).cpu())
+    out = torch.cat(outs)
+    tasks = np.asarray(quizzes.tasks)
+    metrics = generation_metrics(out, quizzes.tokens, tasks, check_tasks, base)
+    return torch.cat(logprob).numpy(), metrics, out
+
+
+@dataclass
+class AttributionStudy:
+    """Seed 004's experiment over several SAEs: per SAE, the clustered expression matrix and
+    the top-k (position, latent) ablations of each sign, scored on generation."""
+
+    k: int
+    clean: dict[str, dict[str, float]]  # generation metrics of the unedited model
+    clean_logprob: dict[str, float]  # SAE name -> mean clean log-probability
+    expression: dict[str, ExpressionClusters]
+    ablated: dict[str, dict[str, dict[str, dict[str, float]]]]  # sae -> sign -> metric -> task
+    logprob: dict[str, dict[str, float]]  # sae -> sign -> mean teacher-forced log-prob
+
+    def delta(self, name: str, sign: str, metric: str) -> float:
+        return self.ablated[name][sign][metric]["all"] - self.clean[metric]["all"]
+
+    def to_json(self) -> dict:
+        return {
+            "format": "gridlens.sae_attribution_study",
+            "version": 1,
+            "k": self.k,
+            "ablation": "each quiz's top-k (position, latent) pairs by gradient x activation "
+            "zeroed at their positions (SAE error kept), then the last grid generated greedily",
+            "clean": self.clean,
+            "saes": {
+                name: {
+                    "clean_logprob": self.clean_logprob[name],
+                    "ablated_logprob": self.logprob[name],
+                    "ablated": self.ablated[name],
+                    "expression": self.expression[name].to_json(),
+                }
+                for name in self.ablated
+            },
+        }
+
+    def findings(self) -> list[str]:
+        out = []
+        for name in self.ablated:
+            p, n = self.logprob[name]["positive"], self.logprob[name]["negative"]
+            out.append(
+                f"{name}: zeroing each quiz's top-{self.k} supporting pairs moves log p(correct "
+                f"grid) {self.clean_logprob[name]:.2f} -> {p:.2f} and accuracy by "
+                f"{self.delta(name, 'positive', 'accuracy'):+.1%} (answers valid for no rule "
+                f"{self.delta(name, 'positive', 'valid_none'):+.1%}); the top-{self.k} opposing "
+                f"pairs -> {n:.2f}, accuracy {self.delta(name, 'negative', 'accuracy'):+.1%}; "
+                f"example clusters match tasks at {self.expression[name].purity():.0%}."
+            )
+        return out
+
+    def plot(self, path: str | Path | None = None):
+        """Per SAE and sign, the change of each generation metric against the clean model."""
+        from gridlens.sae.steering import GENERATION_METRICS
+
+        plt = pyplot()
+        names = list(self.ablated)
+        fig, axes = plt.subplots(1, 2, figsize=(10, 1.5 + 0.5 * len(names)), sharey=True)
+        metrics = [m for m in GENERATION_METRICS if m != "changed_cells"]
+        for ax, sign in zip(axes, ("positive", "negative"), strict=True):
+            for i, metric in enumerate(metrics):
+                ys = np.arange(len(names)) + (i - len(metrics) / 2) * 0.12
+                ax.barh(ys, [self.delta(n, sign, metric) for n in names], 0.12, label=metric)
+            ax.axvline(0, color="gray", lw=0.8)
+            ax.set_yticks(range(len(names)), names, fontsize=8)
+            ax.set_title(f"top-{self.k} {sign} pairs zeroed", fontsize=9)
+            ax.set_xlabel("change against the clean model")
+        axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
+        fig.tight_layout()
+        return finish(fig, path)
+
+
+def attribution_study(
+    model,
+    saes: dict[str, object],
+    quizzes: QuizSet,
+    k: int = 5,
+    check_tasks="all",
+    n_latents: int = 40,
+    n_clusters: int = 4,
+) -> AttributionStudy:
+    """For each SAE (name -> SAE, one at a time): per-example attribution, its clustered
+    expression matrix, and the top-k (position, latent) ablation of both signs scored on greedy
+    generation against the clean model (the same for every SAE, its error being kept)."""
+    from gridlens.models.generate import complete
+    from gridlens.sae.steering import generation_metrics
+    from gridlens.world.tasks import resolve_tasks
+
+    checks = list(resolve_tasks(check_tasks))
+    tasks = np.asarray(quizzes.tasks)
+    with torch.no_grad():
+        base = torch.cat(
+            [complete(model, c.to(model.device)).cpu() for c in quizzes.tokens.split(32)]
+        )
+    study = AttributionStudy(
+        k, generation_metrics(base, quizzes.tokens, tasks, checks), {}, {}, {}, {}
+    )
+    for name, sae in saes.items():
+        result = example_attribution(model, sae, quizzes, k)
+        study.clean_logprob[name] = float(result.metric.mean())
+        study.expression[name] = result.expression(n_latents, n_clusters)
+        study.ablated[name], study.logprob[name] = {}, {}
+        for sign in ("positive", "negative"):
+            logprob, metrics, _ = ablate_pairs(
+                model, sae, quizzes, result.pairs(sign), checks, base=base
+            )
+            study.ablated[name][sign] = metrics
+            study.logprob[name][sign] = float(logprob.mean())
+    return study

@@ -18,8 +18,11 @@ import click
 
 from gridlens.errors import ConfigError, unknown_name
 from gridlens.io import OutputPath
+from gridlens.progress import Stages
+from gridlens.sae.architectures import ARCHITECTURES
 from gridlens.sae.feature_commands import COMMANDS
-from gridlens.sae.model import ARCHITECTURES
+from gridlens.sae.study_commands import COMMANDS as STUDY_COMMANDS
+from gridlens.sae.transcoder_commands import transcoder
 
 #: name -> (SAEConfig fields, SAETrainConfig fields)
 PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -238,7 +241,7 @@ def cache_command(
 @click.option("--model", "model_path", default="default", show_default=True, help="Model.")
 @click.option("--sae", "sae_path", default="default", show_default=True, help="SAE directory.")
 @click.option("--tasks", default="default", show_default=True, help="Tasks of the quiz set.")
-@click.option("--n-per-task", type=int, default=32, show_default=True)
+@click.option("-n", "--n-per-task", type=int, default=32, show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the quiz set.")
 @click.option(
     "--positions",
@@ -253,7 +256,7 @@ def cache_command(
     default=None,
     help="Write sae_eval.json and sae_eval.png here.",
 )
-@click.option("--device", default=None, help="cpu, cuda ... (default: where the model loads).")
+@click.option("--device", default="auto", show_default=True, help="auto (cuda if any), cpu, cuda:1")
 @click.option(
     "--encoder",
     default="learned",
@@ -274,21 +277,25 @@ def eval_command(
     from gridlens.sae.io import load_sae
     from gridlens.sae.metrics import evaluate_sae
     from gridlens.sae.pursuit import ENCODERS
+    from gridlens.training.trainer import resolve_device
 
     encoders = tuple(e.strip() for e in encoder.split(",") if e.strip())
     for name in encoders:
         if name not in ENCODERS:
             raise unknown_name("encoder", name, ENCODERS)
-    model = load(model_path, device=device)
-    sae_model = load_sae(sae_path, device=model.device)
-    quizzes = quiz_set(tasks, n_per_task=n_per_task, seed=seed)
-    if k_sweep is not None:
-        _k_sweep(model, sae_model, quizzes, k_sweep, positions, out)
-        return
-    if encoders != ("learned",):
-        _compare_encoders(model, sae_model, quizzes, encoders, l0, positions, greedy, out)
-        return
-    result = evaluate_sae(model, sae_model, quizzes, positions, greedy=greedy)
+    stage = Stages("sae eval", 2)
+    with stage("loading the model and SAE"):
+        model = load(model_path, device=resolve_device(device))
+        sae_model = load_sae(sae_path, device=model.device)
+        quizzes = quiz_set(tasks, n_per_task=n_per_task, seed=seed)
+    with stage("evaluation"):
+        if k_sweep is not None:
+            _k_sweep(model, sae_model, quizzes, k_sweep, positions, out)
+            return
+        if encoders != ("learned",):
+            _compare_encoders(model, sae_model, quizzes, encoders, l0, positions, greedy, out)
+            return
+        result = evaluate_sae(model, sae_model, quizzes, positions, greedy=greedy)
     for line in result.findings():
         click.echo(line)
     if out is not None:
@@ -296,7 +303,8 @@ def eval_command(
         payload = {**result.to_json(), "sae": str(sae_path), "model": str(model_path)}
         text = (json.dumps(payload, indent=2) + "\n").encode()
         atomic_write(folder / "sae_eval.json", lambda h: h.write(text))
-        png = result.plot(folder / "sae_eval.png")
+        png = folder / "sae_eval.png"
+        result.plot(png)
         click.echo(f"wrote {folder / 'sae_eval.json'} and {png}")
     else:
         click.echo(json.dumps(result.to_json(), indent=2))
@@ -332,9 +340,10 @@ def _compare_encoders(model, sae_model, quizzes, encoders, l0, positions, greedy
         return
     text = (json.dumps(result.to_json(), indent=2) + "\n").encode()
     atomic_write(Path(out) / "sae_encoders.json", lambda h: h.write(text))
-    pngs = result.plot(out)
-    click.echo(f"wrote {Path(out) / 'sae_encoders.json'} and {len(pngs)} PNGs in {out}")
+    figures = result.plot(out)
+    click.echo(f"wrote {Path(out) / 'sae_encoders.json'} and {len(figures)} PNGs in {out}")
 
 
-for _command in COMMANDS:
+for _command in COMMANDS + STUDY_COMMANDS:
     sae.add_command(_command)
+sae.add_command(transcoder)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from gridlens.sae.metrics import SAEMetrics, evaluate_sae
 from gridlens.sae.model import SparseAutoencoder
 from gridlens.sae.pursuit import ENCODERS, with_encoder
 from gridlens.sae.splice import encode_inference
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FORMAT = "gridlens.sae_encoders"
 VERSION = 1
@@ -74,8 +77,12 @@ class EncoderComparison:
             )
         return lines
 
-    def plot(self, directory: str | Path) -> list[Path]:
-        return [m.plot(Path(directory) / f"sae_eval_{e}.png") for e, m in self.metrics.items()]
+    def plot(self, directory: str | Path | None = None) -> list[Figure]:
+        """One figure per encoder, written as DIRECTORY/sae_eval_ENCODER.png when given one."""
+        return [
+            m.plot(None if directory is None else Path(directory) / f"sae_eval_{e}.png")
+            for e, m in self.metrics.items()
+        ]
 
 
 @torch.no_grad()

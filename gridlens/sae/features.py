@@ -11,16 +11,23 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from gridlens.analysis.core import QuizSet
 from gridlens.errors import ConfigError
-from gridlens.plotting import save_figure
+from gridlens.notebook import Tabular, image_html, table_html
+from gridlens.plotting import finish, pyplot
 from gridlens.sae.activations import check_site, position_mask
 from gridlens.world.tokens import COLOR_NAMES, TOKEN_TO_GRID
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from PIL.Image import Image
 
 TOKEN_NAMES: tuple[str, ...] = COLOR_NAMES + tuple(TOKEN_TO_GRID[t] for t in range(11, 15))
 """Names of the 15 tokens: colours 0..10, then the markers A, f_A, B, f_B."""
@@ -158,6 +165,10 @@ class FeatureActivations:
         """[n_tasks] number of recorded rows of each task."""
         return np.bincount(self.row_task(), minlength=len(self.task_names))
 
+    def latent(self, latent: int) -> Latent:
+        """One latent, for a notebook: its top examples drawn inline, histogram, rates."""
+        return Latent(self, self.check_latent(latent))
+
 
 @torch.no_grad()
 def latent_activations(
@@ -225,12 +236,10 @@ def position_label(position: int, length: int = 404) -> str:
     return f"grid {slot + 1} r{row} c{col}"
 
 
-def render_examples(
-    acts: FeatureActivations, latent: int, path: str | Path, n: int = 6, cell: int = 10
-) -> Path:
-    """A PNG of the latent's top examples (one quiz per row), the firing cell outlined in
-    magenta, captioned with task, value and position."""
-    from gridlens.world.render import render_png
+def examples_image(acts: FeatureActivations, latent: int, n: int = 6, cell: int = 10) -> Image:
+    """The latent's top examples as a Pillow image (one quiz per row), the firing cell outlined
+    in magenta, captioned with task, value and position."""
+    from gridlens.world.render import render_image
 
     examples = acts.top_examples(latent, n)
     if not examples:
@@ -241,22 +250,28 @@ def render_examples(
         f"{batch.task[i]} · {e.value:.2f} · {position_label(e.position, length)}"
         for i, e in enumerate(examples)
     ]
-    return render_png(
-        batch,
-        path,
-        highlight=example_highlight(acts, examples),
-        captions=captions,
-        cell=cell,
-        columns=1,
-    )
+    highlight = example_highlight(acts, examples)
+    return render_image(batch, highlight=highlight, captions=captions, cell=cell, columns=1)
 
 
-def plot_histogram(acts: FeatureActivations, latent: int, path: str | Path, bins: int = 30) -> Path:
+def render_examples(
+    acts: FeatureActivations, latent: int, path: str | Path, n: int = 6, cell: int = 10
+) -> Path:
+    """`examples_image` written as a PNG (atomically)."""
+    from gridlens.io import atomic_write
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"output {str(path)!r} must end in .png")
+    image = examples_image(acts, latent, n, cell)
+    return atomic_write(path, lambda handle: image.save(handle, format="PNG"))
+
+
+def plot_histogram(
+    acts: FeatureActivations, latent: int, path: str | Path | None = None, bins: int = 30
+) -> Figure:
     """Histogram of the latent's non-zero activations, stacked by task."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows, values = acts.column(latent)
     tasks = acts.row_task()[rows]
@@ -271,7 +286,47 @@ def plot_histogram(acts: FeatureActivations, latent: int, path: str | Path, bins
     ax.set_xlabel("activation (non-zero only)")
     ax.set_ylabel("positions")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return finish(fig, path)
+
+
+@dataclass
+class Latent(Tabular):
+    """One SAE latent on a quiz set. A notebook shows its top examples as grids, its histogram
+    and its firing rate per task; `to_dataframe()` has the rates."""
+
+    acts: FeatureActivations
+    index: int
+
+    def examples(self, n: int = 6, cell: int = 10) -> Image:
+        return examples_image(self.acts, self.index, n, cell)
+
+    def histogram(self, path: str | Path | None = None) -> Figure:
+        return plot_histogram(self.acts, self.index, path)
+
+    def to_records(self) -> list[dict]:
+        """One row per task: the share of its recorded positions where the latent fires and
+        its mean activation there."""
+        fires = self.acts.firing_counts()[self.index]
+        sums = self.acts.activation_sums()[self.index]
+        rows = self.acts.rows_per_task()
+        return [
+            {
+                "task": task,
+                "firing_rate": float(fires[t] / max(rows[t], 1)),
+                "mean_activation": float(sums[t] / fires[t]) if fires[t] else 0.0,
+            }
+            for t, task in enumerate(self.acts.task_names)
+        ]
+
+    def _repr_html_(self) -> str:
+        rows, _ = self.acts.column(self.index)
+        rate = len(rows) / max(self.acts.n_rows, 1)
+        head = f"latent {self.index} at {self.acts.hook_name}: fires on {rate:.2%} of positions"
+        pictures = [image_html(self.histogram(), "histogram")]
+        if len(rows):
+            pictures.insert(0, image_html(self.examples(), "top examples"))
+        table = table_html(self.to_records())
+        return f"<div><h4>{escape(head)}</h4>{''.join(pictures)}{table}</div>"
 
 
 # ------------------------------------------------------------------------------ logits
@@ -398,12 +453,9 @@ class ExpressionMatrix:
             "firing": {str(j): self.firing[j].round(4).tolist() for j in self.order},
         }
 
-    def plot(self, path: str | Path) -> Path:
+    def plot(self, path: str | Path | None = None) -> Figure:
         """Heatmap latents (rows, grouped by preferred task) x tasks of the expression share."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         m = self.share[self.order]
         fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(self.tasks), 2 + 0.02 * len(m)))
@@ -414,7 +466,7 @@ class ExpressionMatrix:
         fig.colorbar(image, ax=ax, label="share of mean activation")
         ax.set_title("feature x task expression", fontsize=10)
         fig.tight_layout()
-        return save_figure(fig, path)
+        return finish(fig, path)
 
     def findings(self) -> list[str]:
         alive = self.firing.sum(1) > 0

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from gridlens.sae.model import SAEConfig, SparseAutoencoder
+from gridlens.sae.transcoder import Transcoder, TranscoderConfig
 
 GATED_WEIGHTS = ("W_enc", "W_dec", "b_dec", "b_gate", "b_mag", "r_mag")
 
@@ -60,7 +61,9 @@ def gated_latents(pi_gate: torch.Tensor, pi_mag: torch.Tensor) -> torch.Tensor:
 
 
 def build_sae(cfg: SAEConfig, seed: int = 0) -> SparseAutoencoder:
-    """The module of cfg's architecture (GatedSAE for "gated")."""
+    """The module of cfg's architecture (GatedSAE for "gated"; a Transcoder for its config)."""
+    if isinstance(cfg, TranscoderConfig):
+        return Transcoder(cfg, seed)
     return GatedSAE(cfg, seed) if cfg.architecture == "gated" else SparseAutoencoder(cfg, seed)
 
 

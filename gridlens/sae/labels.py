@@ -13,15 +13,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from gridlens.errors import ConfigError
 from gridlens.io import atomic_write
-from gridlens.plotting import save_figure
+from gridlens.plotting import finish, pyplot
 from gridlens.sae.features import TOKEN_NAMES, FeatureActivations
 from gridlens.world import structures as st
 from gridlens.world.tokens import COLOR_NAMES, GRID_NAMES, TOKEN_TO_GRID
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -202,12 +206,9 @@ class LabelResult:
         md = atomic_write(directory / "labels.md", lambda h: h.write(self.table().encode()))
         return js, md
 
-    def plot(self, path: str | Path) -> Path:
+    def plot(self, path: str | Path | None = None) -> Figure:
         """Histogram of the best F1 per live latent."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         fig, ax = plt.subplots(figsize=(5, 3))
         ax.hist(self.best_f1()[self.alive], bins=np.linspace(0, 1, 21))
@@ -215,7 +216,7 @@ class LabelResult:
         ax.set_ylabel("latents")
         ax.set_title(f"{len(self.alive)} live latents, {len(self.candidates)} candidates")
         fig.tight_layout()
-        return save_figure(fig, path)
+        return finish(fig, path)
 
     def findings(self) -> list[str]:
         if not len(self.alive):

@@ -23,17 +23,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from gridlens.analysis.core import QuizSet, grid_metrics
-from gridlens.io import atomic_write
 from gridlens.models.hooks import HookPoint
+from gridlens.notebook import Tabular, result_html
+from gridlens.plotting import finish, pyplot
 from gridlens.sae.activations import collect, position_mask
 from gridlens.sae.model import SparseAutoencoder
 from gridlens.sae.splice import encode_inference, splice_hooks, window
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DENSE_FREQUENCY = 0.1
 PER_TASK = (
@@ -54,7 +58,7 @@ PER_TASK = (
 
 
 @dataclass
-class SAEMetrics:
+class SAEMetrics(Tabular):
     """Per-task metrics (each a dict task -> value, with "all") and the latents' firing rates."""
 
     hook_name: str
@@ -82,13 +86,10 @@ class SAEMetrics:
             "firing_frequency_histogram": _log_histogram(self.firing_frequency),
         }
 
-    def plot(self, path: str | Path) -> Path:
+    def plot(self, path: str | Path | None = None) -> Figure:
         """Per-task bars (explained variance, loss recovered, greedy accuracy clean vs spliced)
         and the histogram of latent firing frequencies (log scale)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         tasks = list(self.values["explained_variance"])
         x = np.arange(len(tasks))
@@ -125,10 +126,16 @@ class SAEMetrics:
             f"SAE {self.architecture} d_sae={self.d_sae} at {self.hook_name} ({self.positions})"
         )
         fig.tight_layout()
-        path = Path(path)
-        atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=100))
-        plt.close(fig)
-        return path
+        return finish(fig, path, dpi=100)
+
+    def to_records(self) -> list[dict]:
+        """One row per task (and "all"): every per-task metric."""
+        tasks = list(self.values["explained_variance"])
+        return [{"task": t, **{m: v[t] for m, v in self.values.items()}} for t in tasks]
+
+    def _repr_html_(self) -> str:
+        title = f"SAE {self.architecture} d_sae={self.d_sae} at {self.hook_name}"
+        return result_html(title, self.findings(), self.plot(), self.to_records())
 
     def findings(self) -> list[str]:
         v = {name: per["all"] for name, per in self.values.items()}

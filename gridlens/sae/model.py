@@ -21,8 +21,7 @@ import torch
 import torch.nn as nn
 
 from gridlens.errors import ConfigError, unknown_name
-
-ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
+from gridlens.sae.architectures import ARCHITECTURES
 
 
 @dataclass(frozen=True)
@@ -117,6 +116,11 @@ class SparseAutoencoder(nn.Module):
         elif cfg.architecture == "batchtopk":
             # learned at the end of training: the inference threshold replacing the batch ranking
             self.register_buffer("threshold", torch.zeros(()))
+
+    @property
+    def b_in(self) -> torch.Tensor:
+        """What the encoder subtracts from its input (b_dec; a transcoder's is zero)."""
+        return self.b_dec
 
     def centred(self, x: torch.Tensor) -> torch.Tensor:
         """x - b_dec, after checking x's width."""

@@ -9,6 +9,10 @@ original task" when its own task's checker passes, "valid for another task" per 
 "valid for none" when no checked task passes. The true f_B is scored the same way as a
 reference. Adding scale x W_dec[j] to the activation equals adding `scale` to latent j in an SAE
 splice that keeps its error, since the decoder is linear.
+
+Also: `generation_metrics` (accuracy, rule validity, out-of-distribution answers of generated
+grids) and `component_scan`, a steering-coefficient scan with the direct logit
+attribution of every component and the logit lens at each coefficient.
 """
 
 from __future__ import annotations
@@ -16,19 +20,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from gridlens.analysis.core import QuizSet
 from gridlens.errors import ConfigError
-from gridlens.models.generate import complete
-from gridlens.plotting import save_figure
+from gridlens.models.generate import complete, last_grid_positions
+from gridlens.plotting import finish, pyplot
 from gridlens.sae.features import recorded_positions
 from gridlens.world import get_task
 from gridlens.world.structures import to_forward_tokens
 from gridlens.world.tasks import resolve_tasks
-from gridlens.world.tokens import tokens_to_grids
+from gridlens.world.tokens import N_COLORS, tokens_to_grids
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def steering_hook(hook_name: str, vector: torch.Tensor, positions: np.ndarray) -> tuple:
@@ -93,12 +101,9 @@ class SteeringResult:
             "reference_true_answer": self.reference,
         }
 
-    def plot(self, path: str | Path) -> Path:
+    def plot(self, path: str | Path | None = None) -> Figure:
         """Shares against scale: original task, none, and every other task that ever passes."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         fig, ax = plt.subplots(figsize=(6, 3.5))
         x = self.scales
@@ -115,7 +120,7 @@ class SteeringResult:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
         ax.set_title(f"steering {self.what} at {self.hook_name}", fontsize=9)
         fig.tight_layout()
-        return save_figure(fig, path)
+        return finish(fig, path)
 
     def findings(self) -> list[str]:
         first, last = 0, len(self.scales) - 1
@@ -230,3 +235,185 @@ def _score(out: torch.Tensor, tokens: torch.Tensor, tasks: np.ndarray, checks: l
         "none": _shares(~any_valid, tasks),
     }
     return correct, scored
+
+
+# ------------------------------------------------------------------------------ generation metrics
+
+GENERATION_METRICS = (
+    "accuracy", "cell_accuracy", "valid_own", "valid_other_only", "valid_none", "unseen_colour",
+    "changed_cells",
+)  # fmt: skip
+
+
+def generation_metrics(
+    out: torch.Tensor,
+    tokens: torch.Tensor,
+    tasks: np.ndarray,
+    check_tasks: Sequence[str],
+    base: torch.Tensor | None = None,
+) -> dict[str, dict[str, float]]:
+    """How generated quizzes `out` [n, L] (their last grid generated) fare, per task and "all":
+    exact `accuracy` and `cell_accuracy` against `tokens`; rule validity from the checkers
+    (`valid_own`: its own task's rule; `valid_other_only`: another checked rule but not its
+    own; `valid_none`: no checked rule, an out-of-distribution answer); `unseen_colour`: the
+    answer uses a colour found in none of the three prompt grids (also out of distribution);
+    `changed_cells`: share of answer cells differing from `base` (e.g. the unedited output)."""
+    cells = last_grid_positions(tokens.shape[1])
+    answer, truth = out[:, cells].cpu(), tokens[:, cells].cpu()
+    valid = rule_validity(out, check_tasks)
+    own = np.array([valid[t][i] if t in valid else False for i, t in enumerate(tasks.tolist())])
+    any_valid = np.zeros(len(tasks), dtype=bool)
+    for v in valid.values():
+        any_valid |= v
+    prompt = tokens[:, : cells.start].cpu()
+    seen = torch.stack([(prompt == c).any(1) for c in range(N_COLORS)], 1)
+    used = torch.stack([(answer == c).any(1) for c in range(N_COLORS)], 1)
+    changed = torch.zeros(len(tasks)) if base is None else (answer != base[:, cells].cpu())
+    values = {
+        "accuracy": (answer == truth).all(1).numpy(),
+        "cell_accuracy": (answer == truth).float().mean(1).numpy(),
+        "valid_own": own,
+        "valid_other_only": any_valid & ~own,
+        "valid_none": ~any_valid,
+        "unseen_colour": (used & ~seen).any(1).numpy(),
+        "changed_cells": changed.float().reshape(len(tasks), -1).mean(1).numpy(),
+    }
+    return {name: _shares(np.asarray(v, dtype=np.float64), tasks) for name, v in values.items()}
+
+
+# ------------------------------------------------------------------------------ coefficient scans
+
+
+@dataclass
+class ComponentScan:
+    """Seed 002's injection-coefficient scan: at each steering coefficient, teacher-forced on
+    the true quizzes, the direct logit attribution of every component to the correct cell's
+    logit minus the mean logit (mean over the predicted grid's cells and the quizzes), and the
+    logit lens (cross-entropy of each residual read out early). `direct[:, c]` sums exactly to
+    `logit_diff`, the last column `vector` holding what no component accounts for: the added
+    vector's own direct effect when the steered site is a residual (0 at a component's site,
+    whose term then includes it)."""
+
+    hook_name: str
+    what: str
+    coefficients: list[float]
+    components: list[str]  # "embed", "pos", "L{l}H{h}", "L{l}.mlp", "bias", "vector"
+    direct: np.ndarray  # [n_coefficients, n_components]
+    lens_sites: list[str]
+    lens_loss: np.ndarray  # [n_coefficients, n_sites]
+    logit_diff: np.ndarray  # [n_coefficients]
+
+    def clusters(self, n_clusters: int = 3) -> dict[str, int]:
+        """Components grouped by the shape of their profile against the coefficient (average
+        linkage on correlation distance; flat profiles form their own cluster 0)."""
+        from scipy.cluster.hierarchy import fcluster, linkage
+
+        profiles = self.direct.T
+        moving = np.flatnonzero(profiles.std(1) > 1e-6 * (np.abs(profiles).max() + 1e-12))
+        out = {c: 0 for c in self.components}
+        if len(moving) >= 2:
+            tree = linkage(profiles[moving], "average", metric="correlation")
+            ids = fcluster(tree, min(n_clusters, len(moving)), criterion="maxclust")
+            out.update({self.components[i]: int(c) for i, c in zip(moving, ids, strict=True)})
+        elif len(moving) == 1:
+            out[self.components[moving[0]]] = 1
+        return out
+
+    def movers(self, k: int = 8) -> list[str]:
+        """Up to k components whose attribution changes most over the scan (flat ones left out)."""
+        spread = self.direct.max(0) - self.direct.min(0)
+        moving = spread > 1e-6 * (np.abs(self.direct).max() + 1e-12)
+        order = [i for i in np.argsort(-spread, kind="stable") if moving[i]]
+        return [self.components[i] for i in order[:k]]
+
+    def to_json(self) -> dict:
+        return {
+            "format": "gridlens.steering_scan",
+            "version": 1,
+            "hook_name": self.hook_name,
+            "steered": self.what,
+            "metric": "correct-cell logit - mean logit, predicted grid, teacher-forced",
+            "coefficients": self.coefficients,
+            "logit_diff": self.logit_diff.tolist(),
+            "direct": {c: self.direct[:, i].tolist() for i, c in enumerate(self.components)},
+            "logit_lens_loss": {
+                s: self.lens_loss[:, i].tolist() for i, s in enumerate(self.lens_sites)
+            },
+            "clusters": self.clusters(),
+        }
+
+    def findings(self) -> list[str]:
+        first, last = self.logit_diff[0], self.logit_diff[-1]
+        spread = ", ".join(self.movers(3))
+        return [
+            f"Steering {self.what} from {self.coefficients[0]:g} to {self.coefficients[-1]:g}: "
+            f"correct - mean logit {first:.2f} -> {last:.2f}; the components that move most: "
+            f"{spread}.",
+        ]
+
+    def plot(self, path: str | Path | None = None, k: int = 8):
+        """Left: attribution against coefficient for the k most moving components, coloured by
+        cluster. Right: the logit lens loss of each residual against coefficient."""
+        from gridlens.plotting import finish, pyplot
+
+        plt = pyplot()
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+        clusters, cmap = self.clusters(), plt.get_cmap("tab10")
+        for name in self.movers(k):
+            i = self.components.index(name)
+            left.plot(self.coefficients, self.direct[:, i], color=cmap(clusters[name]), label=name)
+        left.plot(self.coefficients, self.logit_diff, "k--", label="total")
+        left.set_xlabel("steering coefficient")
+        left.set_ylabel("direct logit attribution")
+        left.legend(fontsize=6, ncol=2)
+        for i, site in enumerate(self.lens_sites):
+            right.plot(self.coefficients, self.lens_loss[:, i], label=site)
+        right.set_xlabel("steering coefficient")
+        right.set_ylabel("logit lens cross-entropy")
+        right.set_yscale("log")
+        right.legend(fontsize=6)
+        fig.suptitle(f"steering {self.what} at {self.hook_name}", fontsize=9)
+        fig.tight_layout()
+        return finish(fig, path)
+
+
+@torch.no_grad()
+def component_scan(
+    model,
+    quizzes: QuizSet,
+    direction: torch.Tensor,
+    hook_name: str,
+    coefficients: Sequence[float] = tuple(np.linspace(-10, 10, 21)),
+    positions: str | np.ndarray = "grid",
+    what: str = "a direction",
+    batch_size: int = 32,
+) -> ComponentScan:
+    """Add coefficient x `direction` at `hook_name` on `positions` and decompose the logits by
+    component (gridlens.analysis.direct.logit_lens) at every coefficient."""
+    from gridlens.analysis.direct import logit_lens
+
+    if hook_name not in model.hook_names:
+        from gridlens.errors import unknown_name
+
+        raise unknown_name("hook", hook_name, model.hook_names)
+    where = recorded_positions(positions, quizzes.tokens.shape[1])
+    direction = torch.as_tensor(direction, dtype=torch.float32).flatten()
+    direct, loss, diff = [], [], []
+    for c in coefficients:
+        with model.hooks([steering_hook(hook_name, direction * float(c), where)]):
+            lens = logit_lens(model, quizzes, batch_size=batch_size)
+        terms = [lens.dla[name]["all"] for name in lens.components]
+        total = lens.logit_diff_task["all"]
+        direct.append([*terms, total - sum(terms)])
+        loss.append([lens.loss[s]["all"] for s in lens.sites])
+        diff.append(total)
+    return ComponentScan(
+        hook_name,
+        what,
+        [float(c) for c in coefficients],
+        [*lens.components, "vector"],
+        np.asarray(direct),
+        lens.sites,
+        np.asarray(loss),
+        np.asarray(diff),
+    )

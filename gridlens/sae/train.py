@@ -9,6 +9,9 @@ AuxK: the k_aux largest pre-activations among dead latents reconstruct the resid
 (detached), scaled by min(dead / k_aux, 1) as SAELens does, so dead latents get gradients.
 Ghost grads (`ghost_grads`, any architecture; for TopK/BatchTopK it replaces AuxK): see
 `ghost_grads_loss`.
+Transcoders (gridlens.sae.transcoder) train here too: their store yields the input site's
+and the target site's rows side by side, the losses above compare the prediction with the
+target instead of the input, and each site gets its own normalising scale (`target_scale`).
 Except for relu, decoder rows are kept at unit norm (the gradient's radial part is removed
 before each step, the rows renormalised after it).
 
@@ -49,6 +52,12 @@ from gridlens.sae.cache import ActivationCache, CachedStore
 from gridlens.sae.gated import build_sae, gated_latents
 from gridlens.sae.model import SAEConfig, SparseAutoencoder, jump_step
 from gridlens.sae.sparse import batch_topk_encode, sparse_decode, topk_encode
+from gridlens.sae.transcoder import (
+    Transcoder,
+    TranscoderConfig,
+    fold_transcoder_scales,
+    save_transcoder,
+)
 from gridlens.training import checkpoint as ckpt
 from gridlens.training import distributed as dd
 
@@ -204,41 +213,45 @@ def sae_losses(
     cfg: SAETrainConfig,
     dead: torch.Tensor | None,
     sparsity_scale: float = 1.0,
+    target: torch.Tensor | None = None,
 ) -> StepResult:
     """The training loss of one batch of (normalised) activations. TopK and BatchTopK use the
-    sparse kernels of gridlens.sae.sparse (work proportional to the active latents)."""
+    sparse kernels of gridlens.sae.sparse (work proportional to the active latents).
+    target: what to reconstruct (a transcoder's output site; default x itself)."""
+    target = x if target is None else target
+    skip = sae.skip_out(x) if isinstance(sae, Transcoder) else 0.0
     arch = sae.cfg.architecture
     d_sae = sae.cfg.d_sae
     min_active = None
     if arch in ("topk", "batchtopk"):
         if arch == "topk":
-            values, index = topk_encode(x, sae.W_enc, sae.b_enc, sae.b_dec, sae.cfg.k)
-            recon = sparse_decode(values, index, sae.W_dec, sae.b_dec)
+            values, index = topk_encode(x, sae.W_enc, sae.b_enc, sae.b_in, sae.cfg.k)
+            recon = sparse_decode(values, index, sae.W_dec, sae.b_dec) + skip
         else:
-            values, index, offsets = batch_topk_encode(
-                x, sae.W_enc, sae.b_enc, sae.b_dec, sae.cfg.k
-            )
-            recon = sparse_decode(values, index, sae.W_dec, sae.b_dec, offsets)
+            values, index, offsets = batch_topk_encode(x, sae.W_enc, sae.b_enc, sae.b_in, sae.cfg.k)
+            recon = sparse_decode(values, index, sae.W_dec, sae.b_dec, offsets) + skip
         positive = values.detach() > 0
         l0 = positive.sum() / x.shape[0]
         fired = torch.bincount(index.reshape(-1)[positive.reshape(-1)], minlength=d_sae) > 0
         if arch == "batchtopk" and positive.any():
             min_active = values.detach()[positive].min()
-        mse = (recon - x).pow(2).sum(-1).mean()
+        mse = (recon - target).pow(2).sum(-1).mean()
         use_ghost = cfg.ghost_grads != "off"
-        sparsity = x.new_zeros(()) if use_ghost else aux_k_loss(sae, x, recon, dead, cfg.aux_k)
+        sparsity = (
+            x.new_zeros(()) if use_ghost else aux_k_loss(sae, x, recon, dead, cfg.aux_k, target)
+        )
         total = mse + cfg.aux_coefficient * sparsity
     else:
         latents, sparsity, coefficient, aux = _dense_terms(sae, x, cfg)
-        recon = sae.decode(latents)
-        mse = (recon - x).pow(2).sum(-1).mean()
+        recon = sae.decode(latents) + skip
+        mse = (recon - target).pow(2).sum(-1).mean()
         total = mse + coefficient * sparsity_scale * sparsity + aux
         active = latents.detach() > 0
         l0 = active.sum(-1).float().mean()
         fired = active.any(0)
     result = StepResult(total, mse, sparsity.detach(), recon.detach(), l0, fired, min_active)
     if cfg.ghost_grads != "off":
-        ghost = ghost_grads_loss(sae, x, recon, mse, dead, cfg.ghost_grads)
+        ghost = ghost_grads_loss(sae, x, recon, mse, dead, cfg.ghost_grads, target)
         result.total, result.ghost = total + ghost, ghost.detach()
     return result
 
@@ -270,6 +283,7 @@ def ghost_grads_loss(
     mse: torch.Tensor,
     dead: torch.Tensor | None,
     variant: str = "improved",
+    target: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Ghost grads (Jermyn & Templeton, Anthropic's January 2024 update): the dead latents,
     with exp instead of their activation function, reconstruct the residual x - x_hat (detached);
@@ -282,9 +296,9 @@ def ghost_grads_loss(
     if dead_index is None or len(dead_index) == 0:
         return x.new_zeros(())
     bias = sae.b_gate if sae.cfg.architecture == "gated" else sae.b_enc  # what decides firing
-    pre = (x - sae.b_dec.detach()) @ sae.W_enc[:, dead_index] + bias[dead_index]
+    pre = (x - sae.b_in.detach()) @ sae.W_enc[:, dead_index] + bias[dead_index]
     ghost = torch.exp(pre if variant == "original" else pre.clamp_max(0.0)) @ sae.W_dec[dead_index]
-    residual = (x - recon).detach()
+    residual = ((x if target is None else target) - recon).detach()
     scale = residual.norm(dim=-1) / (2 * ghost.norm(dim=-1) + 1e-6)
     loss = (ghost * scale[:, None].detach() - residual).pow(2).sum(-1).mean()
     loss = loss * (mse.detach() / (loss.detach() + 1e-6))
@@ -299,6 +313,7 @@ def aux_k_loss(
     recon: torch.Tensor,
     dead: torch.Tensor | None,
     aux_k: int | None,
+    target: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """AuxK: the dead latents with the k_aux largest pre-activations reconstruct the residual
     x - x_hat (detached) with those pre-activations as they are (no ReLU, as SAELens: a latent
@@ -310,10 +325,10 @@ def aux_k_loss(
     n_dead = len(dead_index)
     k_aux = aux_k if aux_k is not None else max(1, x.shape[-1] // 2)
     scale = min(n_dead / k_aux, 1.0)
-    pre = (x - sae.b_dec) @ sae.W_enc[:, dead_index] + sae.b_enc[dead_index]
+    pre = (x - sae.b_in) @ sae.W_enc[:, dead_index] + sae.b_enc[dead_index]
     values, index = pre.topk(min(k_aux, n_dead), dim=-1)
     aux = sparse_decode(values, index, sae.W_dec[dead_index], torch.zeros_like(sae.b_dec))
-    residual = (x - recon).detach()
+    residual = ((x if target is None else target) - recon).detach()
     return scale * (aux - residual).pow(2).sum(-1).mean()
 
 
@@ -325,11 +340,13 @@ def train_step(
     dead: torch.Tensor | None = None,
     sparsity_scale: float = 1.0,
     reduce_gradients: Callable[[], None] | None = None,
+    target: torch.Tensor | None = None,
 ) -> StepResult:
     """One optimiser step on a batch of normalised activations, keeping the constraints:
     unit decoder rows (not relu, which weights its L1 by them), thresholds >= 0 (jumprelu).
-    reduce_gradients: called after the backward pass (torchrun: average over the ranks)."""
-    result = sae_losses(sae, x, cfg, dead, sparsity_scale)
+    reduce_gradients: called after the backward pass (torchrun: average over the ranks).
+    target: a transcoder's target rows (default: x)."""
+    result = sae_losses(sae, x, cfg, dead, sparsity_scale, target)
     optimizer.zero_grad(set_to_none=True)
     result.total.backward()
     if reduce_gradients is not None:
@@ -456,6 +473,7 @@ class SAERun:
     resample_gen: torch.Generator
     world: dd.Dist = field(default_factory=dd.Dist)
     scale: float = 1.0
+    target_scale: float = 1.0  # a transcoder's target site (an SAE's equals `scale`)
     step: int = 0
     threshold_sum: float = 0.0
     threshold_count: int = 0
@@ -467,11 +485,15 @@ def make_store(model, sae_cfg: SAEConfig, train_cfg: SAETrainConfig, device, wor
     under torchrun each rank streams its own quizzes (or shards) and yields its share of the
     batch."""
     world, device = world or dd.Dist(), torch.device(device)
-    if train_cfg.cache is not None:
+    if isinstance(sae_cfg, TranscoderConfig):
+        if train_cfg.cache is not None:
+            raise ConfigError("transcoders stream their activations; a cache holds one site")
+    elif train_cfg.cache is not None:
         return cached_store(sae_cfg, train_cfg, world)
     return ActivationStore(
         model,
         sae_cfg.hook_name,
+        target_hook=getattr(sae_cfg, "target_hook_name", None),
         tasks=train_cfg.tasks,
         positions=train_cfg.positions,
         batch_size=train_cfg.batch_size // world.world_size,
@@ -552,6 +574,7 @@ def restore_run(run: SAERun, state: dict[str, Any], path: str | Path = "checkpoi
     run.resample_gen.set_state(state["resample_rng"])
     run.threshold_sum, run.threshold_count = state["threshold_sum"], state["threshold_count"]
     run.scale, run.step = float(state["scale"]), int(state["step"])
+    run.target_scale = float(state.get("target_scale", run.scale))
     run.timing.update(state.get("timing", {}))
 
 
@@ -567,6 +590,7 @@ def checkpoint_state(run: SAERun, sae_cfg: SAEConfig, train_cfg: SAETrainConfig)
         "threshold_sum": run.threshold_sum,
         "threshold_count": run.threshold_count,
         "scale": run.scale,
+        "target_scale": run.target_scale,
         "timing": dict(run.timing),
     }
     if not run.world.enabled:
@@ -618,7 +642,7 @@ def _merge_ranks(run: SAERun, losses: StepResult, metrics: dict[str, float]) -> 
 def sae_step(run: SAERun, cfg: SAETrainConfig, end_of_threshold: int) -> dict[str, float]:
     """One training step of `run` on its store's next batch; returns the step's metrics."""
     t0 = time.perf_counter()
-    x = next(run.store).to(run.since_fired.device) * run.scale
+    x, target = split_batch(run, next(run.store).to(run.since_fired.device))
     t1 = time.perf_counter()
     lr = lr_at(cfg, run.step)
     for group in run.optimizer.param_groups:
@@ -627,13 +651,15 @@ def sae_step(run: SAERun, cfg: SAETrainConfig, end_of_threshold: int) -> dict[st
     warmup = cfg.sparsity_warmup_steps
     ramp = min(1.0, (run.step + 1) / warmup) if warmup else 1.0
     reduce = (lambda: _average_gradients(run.sae, run.world)) if run.world.enabled else None
-    losses = train_step(run.sae, run.optimizer, x, cfg, dead, ramp, reduce_gradients=reduce)
+    losses = train_step(
+        run.sae, run.optimizer, x, cfg, dead, ramp, reduce_gradients=reduce, target=target
+    )
     with torch.no_grad():
         metrics = {
             "loss": float(losses.total),
             "mse": float(losses.mse),
             "sparsity_loss": float(losses.sparsity),
-            "explained_variance": explained_variance(x, losses.recon),
+            "explained_variance": explained_variance(x if target is None else target, losses.recon),
             "l0": float(losses.l0),
         }
         if losses.ghost is not None:
@@ -735,13 +761,20 @@ def start_run(
         width = site_width(model, sae_cfg.hook_name)
         if width != sae_cfg.d_in:
             raise ConfigError(f"SAE d_in={sae_cfg.d_in} but {sae_cfg.hook_name} has width {width}")
+        if isinstance(sae_cfg, TranscoderConfig):
+            out_width = site_width(model, sae_cfg.target_hook_name)
+            if out_width != sae_cfg.d_out:
+                raise ConfigError(
+                    f"transcoder d_out={sae_cfg.d_out} but {sae_cfg.target_hook_name} has "
+                    f"width {out_width}"
+                )
     if store is None:
         store = make_store(model, sae_cfg, train_cfg, device, world)
     run = new_run(sae_cfg, train_cfg, store, device, world, initial_state)
     if state is not None:
         restore_run(run, state)
     else:
-        run.scale = _initialise(run.sae, store, train_cfg, device, world)
+        run.scale, run.target_scale = _initialise(run.sae, store, train_cfg, device, world)
     if out is not None and world.main:
         out.mkdir(parents=True, exist_ok=True)
         _trim_log(out / LOG_FILE, run.step)
@@ -754,7 +787,10 @@ def finish_run(run: SAERun, sae_cfg, train_cfg, out: Path | None, final: dict) -
     if sae_cfg.architecture == "batchtopk":
         with torch.no_grad():
             sae.threshold.fill_(run.threshold_sum / max(run.threshold_count, 1))
-    fold_scale(sae, run.scale)
+    if isinstance(sae, Transcoder):
+        fold_transcoder_scales(sae, run.scale, run.target_scale)
+    else:
+        fold_scale(sae, run.scale)
     sae.eval()
     if out is not None and run.world.main:
         tokens = run.step * train_cfg.batch_size
@@ -764,6 +800,7 @@ def finish_run(run: SAERun, sae_cfg, train_cfg, out: Path | None, final: dict) -
             "steps": run.step,
             "tokens": tokens,
             "activation_scale": run.scale,
+            "target_scale": run.target_scale,
             "final": final,
             "dead_latents": int((run.since_fired >= train_cfg.dead_after_tokens).sum()),
             **_speeds(run.timing, tokens),
@@ -845,7 +882,10 @@ def _speeds(timing: dict[str, float], tokens: int) -> dict[str, float]:
 def _save(sae: SparseAutoencoder, out: Path, summary: dict[str, Any]) -> None:
     from gridlens.sae.io import save_sae
 
-    save_sae(sae, out, training=summary)
+    if isinstance(sae, Transcoder):
+        save_transcoder(sae, out, training=summary)
+    else:
+        save_sae(sae, out, training=summary)
 
 
 def _prepare(
@@ -885,12 +925,31 @@ def _prepare(
     return None
 
 
+def split_batch(run: SAERun, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(scaled input, scaled target or None): a transcoder's store yields both side by side."""
+    if not isinstance(run.sae, Transcoder):
+        return batch * run.scale, None
+    d_in = run.sae.cfg.d_in
+    return batch[:, :d_in] * run.scale, batch[:, d_in:] * run.target_scale
+
+
+def _scale_of(sample: torch.Tensor, hook_name: str, normalize: bool) -> float:
+    """s with E||sample * s||^2 = width (1 when not normalising)."""
+    if not normalize:
+        return 1.0
+    mean_sq = float(sample.pow(2).sum(-1).mean())
+    if not math.isfinite(mean_sq) or mean_sq <= 0:
+        raise ConfigError(f"activations at {hook_name} are all zero or not finite")
+    return math.sqrt(sample.shape[-1] / mean_sq)
+
+
 @torch.no_grad()
 def _initialise(
     sae: SparseAutoencoder, store, cfg: SAETrainConfig, device: torch.device, world=None
-) -> float:
-    """The activation scale and b_dec, from the store's first buffer (not consumed); under
-    torchrun from every rank's share, gathered in rank order (all ranks then agree)."""
+) -> tuple[float, float]:
+    """The activation scales (input, target) and b_dec, from the store's first buffer (not
+    consumed); under torchrun from every rank's share, gathered in rank order (all ranks then
+    agree). b_dec starts at the target's centre."""
     world = world or dd.Dist()
     n = min(cfg.batch_size * 4, 16384) // world.world_size
     sample = store.peek(n) if hasattr(store, "peek") else None
@@ -901,17 +960,17 @@ def _initialise(
         parts = [torch.empty_like(sample) for _ in range(world.world_size)]
         torch.distributed.all_gather(parts, sample)
         sample = torch.cat(parts)
-    scale = 1.0
-    if cfg.normalize_activations:
-        mean_sq = float(sample.pow(2).sum(-1).mean())
-        if not math.isfinite(mean_sq) or mean_sq <= 0:
-            raise ConfigError(f"activations at {sae.cfg.hook_name} are all zero or not finite")
-        scale = math.sqrt(sample.shape[-1] / mean_sq)
-    sample = sample * scale
+    scale = _scale_of(sample[:, : sae.cfg.d_in], sae.cfg.hook_name, cfg.normalize_activations)
+    target_scale = scale
+    if isinstance(sae, Transcoder):
+        sample = sample[:, sae.cfg.d_in :]
+        name = sae.cfg.target_hook_name
+        target_scale = _scale_of(sample, name, cfg.normalize_activations)
+    sample = sample * target_scale
     if cfg.b_dec_init == "geometric_median":
         sae.b_dec.copy_(geometric_median(sample[:4096]))
     elif cfg.b_dec_init == "mean":
         sae.b_dec.copy_(sample.mean(0))
     if sae.cfg.architecture != "relu":
         sae.normalize_decoder()
-    return scale
+    return scale, target_scale

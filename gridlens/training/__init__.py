@@ -5,24 +5,22 @@ cfg = TrainConfig.build(preset="cpu", overrides={"steps": 100})
 train(cfg, "runs/demo")
 """
 
-from gridlens.training.config import PRESETS, TrainConfig, get_preset
-from gridlens.training.data import QuizStream, TestSet, quiz_hash
-from gridlens.training.evaluate import PREDICTED_STRUCTURES, EvalResult, evaluate
-from gridlens.training.population import train_population
-from gridlens.training.trainer import lr_at, read_log, train
+from gridlens.lazy import lazy_exports
 
-__all__ = [
-    "PREDICTED_STRUCTURES",
-    "PRESETS",
-    "EvalResult",
-    "QuizStream",
-    "TestSet",
-    "TrainConfig",
-    "evaluate",
-    "get_preset",
-    "lr_at",
-    "quiz_hash",
-    "read_log",
-    "train",
-    "train_population",
-]
+_EXPORTS = {
+    "EvalResult": "evaluate",
+    "PREDICTED_STRUCTURES": "evaluate",
+    "PRESETS": "config",
+    "QuizStream": "data",
+    "TestSet": "data",
+    "TrainConfig": "config",
+    "evaluate": "evaluate",
+    "get_preset": "config",
+    "lr_at": "trainer",
+    "quiz_hash": "data",
+    "read_log": "trainer",
+    "train": "trainer",
+    "train_population": "population",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

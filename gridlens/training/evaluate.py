@@ -14,16 +14,22 @@ import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
+from gridlens.notebook import Tabular, findings_html, image_html, table_html
+from gridlens.plotting import finish, pyplot
 from gridlens.world import check
 from gridlens.world import structures as st
 from gridlens.world.tasks import resolve_tasks
 from gridlens.world.tokens import N_COLORS, grids_to_tokens
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PREDICTED_STRUCTURES: tuple[str, ...] = ("forward", "inverse", "backward", "backward_inverse")
 """The four structures whose last grid is the one to predict (the original's test)."""
@@ -68,7 +74,7 @@ class _Counts:
 
 
 @dataclass
-class EvalResult:
+class EvalResult(Tabular):
     tasks: dict[str, dict[str, Any]]
     structures: dict[str, dict[str, Any]]
     by_task_structure: dict[str, dict[str, dict[str, Any]]]
@@ -84,6 +90,18 @@ class EvalResult:
             "overall": self.overall,
             **self.meta,
         }
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One row per task, then per structure, then overall (`group` says which)."""
+        rows = [{"group": "task", "name": t, **m} for t, m in self.tasks.items()]
+        rows += [{"group": "structure", "name": s, **m} for s, m in self.structures.items()]
+        return [*rows, {"group": "overall", "name": "all", **self.overall}]
+
+    def _repr_html_(self) -> str:
+        greedy = self.overall["accuracy_greedy"]
+        head = f"greedy accuracy {greedy:.1%} on {self.overall['n']} quizzes"
+        chart = image_html(bar_chart(self), "accuracy per task")
+        return f"<div>{findings_html([head])}{chart}{table_html(self.to_records())}</div>"
 
     def table(self) -> str:
         """A plain-text table: one row per task, then per structure, then overall."""
@@ -234,14 +252,11 @@ def _summarise(by_ts, structures, sampled, meta, failures) -> EvalResult:
 # ------------------------------------------------------------------------------ figures
 
 
-def bar_chart(result: EvalResult | dict[str, Any], path, title: str = "") -> None:
+def bar_chart(
+    result: EvalResult | dict[str, Any], path: str | Path | None = None, title: str = ""
+) -> Figure:
     """Per-task accuracy (greedy, sampled) and per-cell accuracy as grouped bars, PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from gridlens.world.render import atomic_write
+    plt = pyplot()
 
     tasks = result.tasks if isinstance(result, EvalResult) else result["tasks"]
     names = list(tasks)
@@ -263,8 +278,7 @@ def bar_chart(result: EvalResult | dict[str, Any], path, title: str = "") -> Non
     ax.set_title(title or "accuracy per task")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    atomic_write(path, lambda handle: fig.savefig(handle, format="png"))
-    plt.close(fig)
+    return finish(fig, path)
 
 
 def failure_gallery(failures: Sequence[Failure], path, per_task: int = 2) -> int:

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gridlens.errors import ConfigError
+from gridlens.plotting import finish, pyplot
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
-def plot_curve(log_path: str | Path, png: str | Path, title: str | None = None) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_curve(
+    log_path: str | Path, png: str | Path | None = None, title: str | None = None
+) -> Figure:
+    plt = pyplot()
 
     from gridlens.training.trainer import read_log
-    from gridlens.world.render import atomic_write
 
     records = read_log(log_path)
     train = [r for r in records if "loss" in r]
@@ -53,6 +56,4 @@ def plot_curve(log_path: str | Path, png: str | Path, title: str | None = None) 
     ax2.grid(alpha=0.3)
     fig.suptitle(title or str(Path(log_path).parent.name))
     fig.tight_layout()
-    atomic_write(png, lambda handle: fig.savefig(handle, format="png"))
-    plt.close(fig)
-    return Path(png)
+    return finish(fig, png)

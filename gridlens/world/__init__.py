@@ -1,33 +1,24 @@
 """The culture grid world: tokens, tasks, quiz structures, generation, checking and rendering."""
 
-from gridlens.world.generate import QuizBatch, check, generate
-from gridlens.world.structures import STRUCTURE_NAMES, STRUCTURES, Structure
-from gridlens.world.tasks import DEFAULT_TASKS, TASKS, get_task
-from gridlens.world.tokens import (
-    GRID_NAMES,
-    MARKER_TOKENS,
-    N_COLORS,
-    VOCAB_SIZE,
-    grids_to_tokens,
-    quiz_length,
-    tokens_to_grids,
-)
+from gridlens.lazy import lazy_exports
 
-__all__ = [
-    "DEFAULT_TASKS",
-    "GRID_NAMES",
-    "MARKER_TOKENS",
-    "N_COLORS",
-    "STRUCTURES",
-    "STRUCTURE_NAMES",
-    "TASKS",
-    "VOCAB_SIZE",
-    "QuizBatch",
-    "Structure",
-    "check",
-    "generate",
-    "get_task",
-    "grids_to_tokens",
-    "quiz_length",
-    "tokens_to_grids",
-]
+_EXPORTS = {
+    "DEFAULT_TASKS": "tasks",
+    "GRID_NAMES": "tokens",
+    "MARKER_TOKENS": "tokens",
+    "N_COLORS": "tokens",
+    "QuizBatch": "generate",
+    "STRUCTURES": "structures",
+    "STRUCTURE_NAMES": "structures",
+    "Structure": "structures",
+    "TASKS": "tasks",
+    "VOCAB_SIZE": "tokens",
+    "check": "generate",
+    "generate": "generate",
+    "get_task": "tasks",
+    "grids_to_tokens": "tokens",
+    "quiz_length": "tokens",
+    "tokens_to_grids": "tokens",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -7,8 +7,6 @@ import sys
 from pathlib import Path
 
 import click
-import numpy as np
-import torch
 
 from gridlens.errors import ConfigError, GridlensError, TokenError
 from gridlens.integrity import load_pickle
@@ -37,6 +35,18 @@ def _structure(value: str | None):
     if "," in value:
         return [s.strip() for s in value.split(",") if s.strip()]
     return value
+
+
+_HIGHLIGHT = click.option(
+    "--highlight",
+    type=click.Choice(["none", "changes", "noise"]),
+    default="none",
+    is_flag=False,
+    flag_value="changes",
+    show_default=True,
+    help="Outline the cells that change between X and f(X), or the noisy cells "
+    "(--highlight alone: changes).",
+)
 
 
 def _png_path(out: str) -> Path:
@@ -76,13 +86,7 @@ def world() -> None:
 )
 @click.option("--height", type=int, default=10, show_default=True)
 @click.option("--width", type=int, default=10, show_default=True)
-@click.option(
-    "--highlight",
-    type=click.Choice(["none", "changes", "noise"]),
-    default="none",
-    show_default=True,
-    help="Outline the cells that change between X and f(X), or the noisy cells.",
-)
+@_HIGHLIGHT
 @click.option(
     "--out",
     "-o",
@@ -129,7 +133,7 @@ def show(tasks, n, seed, structure, noise, height, width, highlight, out, column
     show_default=True,
     help="The PNG to write.",
 )
-@click.option("--per-task", type=int, default=3, show_default=True, help="Quizzes per task.")
+@click.option("-n", "--per-task", type=int, default=3, show_default=True, help="Quizzes per task.")
 @click.option(
     "--tasks",
     default="all",
@@ -138,21 +142,19 @@ def show(tasks, n, seed, structure, noise, height, width, highlight, out, column
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--cell", type=int, default=12, show_default=True, help="Cell size in pixels.")
-@click.option(
-    "--highlight/--no-highlight",
-    default=False,
-    show_default=True,
-    help="Outline the cells that change between X and f(X).",
-)
+@_HIGHLIGHT
 def gallery(out, per_task, tasks, seed, cell, highlight):
     """Render a few quizzes of every task to one PNG and print its path.
 
     Each row shows one task; every quiz is in the forward structure (A, f(A), B, f(B)), with
-    the grid to predict, f(B), framed.
+    the grid to predict, f(B), framed. The 8 tasks of the released models are starred (*).
     """
+    import numpy as np
+    import torch
+
     from gridlens.world.generate import generate
     from gridlens.world.render import render_png
-    from gridlens.world.tasks import resolve_tasks
+    from gridlens.world.tasks import DEFAULT_TASKS, resolve_tasks
 
     _positive("--per-task", per_task, 20)
     _seed(seed)
@@ -163,9 +165,10 @@ def gallery(out, per_task, tasks, seed, cell, highlight):
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(k,)))
         batch = generate(name, per_task, seed=rng)
         parts.append(batch.tokens)
-        masks.append(batch.token_annotations("changes") > 0)
-        captions += [name] * per_task
-    mask = np.concatenate(masks) if highlight else None
+        if highlight != "none":
+            masks.append(batch.token_annotations(highlight) > 0)
+        captions += [f"{name} *" if name in DEFAULT_TASKS else name] * per_task
+    mask = np.concatenate(masks) if masks else None
     render_png(torch.cat(parts), path, captions=captions, highlight=mask, columns=per_task,
                cell=cell)  # fmt: skip
     click.echo(str(path.resolve()))
@@ -212,9 +215,12 @@ def dataset(out_dir, n, tasks, structure, noise, shard_size, seed, height, width
     )
 
 
-def _load_tokens(path: Path, task: str) -> torch.Tensor:
+def _load_tokens(path: Path, task: str):
     """Tokens from .npy, .npz (key 'tokens', the task's name, or a single array), .safetensors
     (key 'tokens') or .pt/.pth (a tensor, weights-only loading)."""
+    import numpy as np
+    import torch
+
     suffix = path.suffix.lower()
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
@@ -290,7 +296,7 @@ def check(task, file, height, width, json_out):
     click.echo(f"{task}: {valid}/{len(ok)} quizzes valid")
     if json_out is not None:
         report = {"task": task, "file": str(file), "count": len(ok), "valid": valid,
-                  "invalid_indices": torch.nonzero(~ok).flatten().tolist()}  # fmt: skip
+                  "invalid_indices": (~ok).nonzero().flatten().tolist()}  # fmt: skip
         data = json.dumps(report, indent=1).encode()
         atomic_write(json_out, lambda handle: handle.write(data))
 

@@ -14,6 +14,8 @@ from gridlens.world import structures as st
 from gridlens.world.tasks import get_task, resolve_tasks
 from gridlens.world.tokens import MARKER_TOKENS, grid_size_from_length, tokens_to_grids
 
+SHOWN = 8  # quizzes a notebook draws of a batch
+
 
 @dataclass
 class QuizBatch:
@@ -42,6 +44,15 @@ class QuizBatch:
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    def _repr_html_(self) -> str:
+        """A notebook shows a batch as its first quizzes drawn as grids."""
+        from gridlens.notebook import image_html
+        from gridlens.world.render import render_image
+
+        shown = self if len(self) <= SHOWN else self.subset(np.arange(SHOWN))
+        note = f"<p>{len(self)} quizzes; the first {SHOWN} drawn</p>" if shown is not self else ""
+        return f"<div>{image_html(render_image(shown), 'quizzes')}{note}</div>"
 
     @property
     def changes(self) -> np.ndarray:

@@ -198,10 +198,11 @@ def test_result_json_findings_and_plots(tmp_path):
     assert result.top(2, "loss_delta") == [("L0H1", 2.0), ("L0H0", 0.0)]
     assert result.top(1, "cell_accuracy_delta", task="b")[0][0] == "L0H1"
     assert any("L0H1" in line and "3" in line for line in result.findings())
-    heat = result.plot(tmp_path / "heads.png")
-    assert heat.read_bytes()[:4] == b"\x89PNG"
+    result.plot(tmp_path / "heads.png")
+    assert (tmp_path / "heads.png").read_bytes()[:4] == b"\x89PNG"
     result.components = ["L0N1", "L0N2", "L1N0", "L1N5"]
-    assert result.plot(tmp_path / "neurons.png").stat().st_size > 0
+    result.plot(tmp_path / "neurons.png")
+    assert (tmp_path / "neurons.png").stat().st_size > 0
 
 
 def test_bad_names_raise_with_suggestions(model, quizzes):

@@ -119,10 +119,12 @@ def test_default_model_smoke(tmp_path):
     assert data["heads"]["L0H2"]["top_offset"] == 100
     assert result.table().count("\n") == len(result.heads) + 1
     assert 1 <= len(result.findings()) <= 4
-    assert result.plot(tmp_path / "heads.png").stat().st_size > 1000
-    png = plot_pattern(model, quizzes.tokens[0], "L0H2", tmp_path / "p.png", query=5)
-    assert png.read_bytes()[:4] == b"\x89PNG"
-    assert plot_pattern(model, quizzes.tokens[:1], "L1H0", tmp_path / "q.png").exists()
+    result.plot(tmp_path / "heads.png")
+    assert (tmp_path / "heads.png").stat().st_size > 1000
+    plot_pattern(model, quizzes.tokens[0], "L0H2", tmp_path / "p.png", query=5)
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    plot_pattern(model, quizzes.tokens[:1], "L1H0", tmp_path / "q.png")
+    assert (tmp_path / "q.png").exists()
 
 
 def test_plot_pattern_bad_input(tmp_path, small_quizzes):

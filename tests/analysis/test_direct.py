@@ -170,4 +170,5 @@ def test_default_model_smoke(tmp_path):
     for result, name in ((copies, "ov.png"), (lens, "lens.png")):
         json.dumps(result.to_json())
         assert 1 <= len(result.findings()) <= 4
-        assert result.plot(tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+        result.plot(tmp_path / name)
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"

@@ -156,13 +156,13 @@ def test_result_outputs(model, pairs, tmp_path):
     top = r.top(3)
     assert len(top) == 3 and abs(top[0][1]) >= abs(top[2][1])
     assert 1 <= len(r.findings()) <= 4
-    for path in (
-        r.plot(tmp_path / "heads.png"),
-        r.select(["L0H1", "L3.mlp"][:1]).plot(tmp_path / "bars.png"),
-    ):
-        assert path.read_bytes()[:4] == b"\x89PNG"
+    r.plot(tmp_path / "heads.png")
+    r.select(["L0H1", "L3.mlp"][:1]).plot(tmp_path / "bars.png")
+    for name in ("heads.png", "bars.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     resid = activation_patching(model, pairs, "resid", resid_block="grid")
-    assert resid.plot(tmp_path / "resid.png").exists()
+    resid.plot(tmp_path / "resid.png")
+    assert (tmp_path / "resid.png").exists()
 
 
 def test_component_errors(model, pairs):

@@ -41,7 +41,8 @@ def test_colour_and_grid_are_read_from_the_embeddings(model, quizzes, tmp_path):
     data = json.loads(json.dumps(grid.to_json()))
     assert data["selectivity"]["blocks.0.hook_resid_pre"] > 0.7
     assert len(grid.findings()) == 2
-    assert grid.plot(tmp_path / "probe.png").read_bytes()[:4] == b"\x89PNG"
+    grid.plot(tmp_path / "probe.png")
+    assert (tmp_path / "probe.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_type_control_is_near_chance_for_colour(model, quizzes):

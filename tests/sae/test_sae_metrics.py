@@ -65,7 +65,8 @@ def test_identity_sae_recovers_everything(model, quizzes, tmp_path):
         + data["firing_frequency_histogram"]["dead"]
         == 256
     )
-    assert result.plot(tmp_path / "sae.png").read_bytes()[:4] == b"\x89PNG"
+    result.plot(tmp_path / "sae.png")
+    assert (tmp_path / "sae.png").read_bytes()[:4] == b"\x89PNG"
     findings = result.findings()
     assert 1 <= len(findings) <= 4 and "100.0%" in findings[0]
 

@@ -79,3 +79,37 @@ def test_a_huge_colour_direction_paints_every_generated_cell(setup):
     assert result.none[1]["all"] == 1.0
     assert result.original[1]["all"] == 0.0
     assert result.reference["original"]["all"] == 1.0
+
+
+def test_component_scan_known_answers(setup):
+    """Coefficient 0 is the plain logit lens; a vector added to the last residual moves the
+    correct - mean logit exactly linearly, all of it in the `vector` term; steering a layer-1
+    site leaves every layer-0 component's attribution unchanged."""
+    from gridlens.analysis.direct import logit_lens
+    from gridlens.sae.steering import component_scan
+
+    model, quizzes = setup
+    quizzes = quizzes.subset(np.arange(2))
+    d = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    scan = component_scan(model, quizzes, d, last, [0.0, 1.0, 3.0])
+    plain = logit_lens(model, quizzes)
+    np.testing.assert_allclose(
+        scan.direct[0, :-1], [plain.dla[c]["all"] for c in plain.components], rtol=1e-6
+    )
+    cells = slice(304, 404)
+    w_u = model.unembed.weight.detach().double()
+    per_cell = (w_u[quizzes.tokens[:, cells]] - w_u.mean(0)) @ d.double()
+    slope = float(per_cell.mean())
+    np.testing.assert_allclose(scan.logit_diff - scan.logit_diff[0], [0, slope, 3 * slope],
+                               rtol=1e-4, atol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(scan.direct[:, -1], [0, slope, 3 * slope], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(scan.direct[:, :-1], scan.direct[[0, 0, 0], :-1], atol=1e-4)
+    mid = component_scan(model, quizzes, d, "blocks.1.hook_mlp_out", [-4.0, 0.0, 4.0])
+    layer0 = [
+        i for i, c in enumerate(mid.components) if c in ("embed", "pos") or c.startswith("L0")
+    ]
+    np.testing.assert_allclose(mid.direct[:, layer0], mid.direct[[1, 1, 1]][:, layer0], atol=1e-6)
+    assert set(mid.movers(3)) & {"L1.mlp", "L2.mlp", "L3.mlp"}
+    assert mid.clusters()["embed"] == 0 and mid.to_json()["format"] == "gridlens.steering_scan"
+    assert len(mid.plot().axes) == 2

@@ -5,28 +5,32 @@ from __future__ import annotations
 import json
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import torch
 
 from gridlens.errors import ConfigError, unknown_name
 from gridlens.io import OutputPath, atomic_write
-from gridlens.training.culture.config import CultureConfig
+from gridlens.progress import Stages
 
-_SETTINGS = {f.name: f.type for f in fields(CultureConfig)}
+if TYPE_CHECKING:
+    from gridlens.training.culture.config import CultureConfig
 
 
 def _parse_sets(pairs: tuple[str, ...]) -> dict[str, object]:
     """--set name=value pairs, typed by the setting's declared type."""
+    from gridlens.training.culture.config import CultureConfig
+
+    settings = {f.name: f.type for f in fields(CultureConfig)}
     out: dict[str, object] = {}
     for pair in pairs:
         if "=" not in pair:
             raise ConfigError(f"--set expects name=value, got {pair!r}")
         name, value = pair.split("=", 1)
         name = name.strip().replace("-", "_")
-        if name not in _SETTINGS:
-            raise unknown_name("culture setting", name, list(_SETTINGS))
-        kind = {"int": int, "float": float, "str": str}[str(_SETTINGS[name])]
+        if name not in settings:
+            raise unknown_name("culture setting", name, list(settings))
+        kind = {"int": int, "float": float, "str": str}[str(settings[name])]
         try:
             out[name] = kind(value)
         except ValueError:
@@ -58,15 +62,18 @@ def culture() -> None:
 @click.option("--resume", is_flag=True, help="Continue the population in --out.")
 @click.option("--rounds", type=int, default=None, help="Run until this many rounds are done.")
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a setting.")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (cuda if any), cpu, cuda:1")
 @click.option("--threads", type=int, default=None, help="torch CPU threads.")
 @click.option("--no-progress", is_flag=True)
 def run_command(out, preset, resume, rounds, sets, device, threads, no_progress) -> None:
     """Train a population and grow its culture; every round is saved and resumable."""
-    from gridlens.training.culture.config import get_culture_preset
+    from gridlens.training.culture.config import CultureConfig, get_culture_preset
     from gridlens.training.culture.loop import run_culture
+    from gridlens.training.trainer import resolve_device
 
     if threads:
+        import torch
+
         torch.set_num_threads(threads)
     overrides = _parse_sets(sets)
     if rounds is not None:
@@ -78,7 +85,12 @@ def run_command(out, preset, resume, rounds, sets, device, threads, no_progress)
         base = get_culture_preset(preset or "cpu")
     cfg = base.replace(**overrides)
     summary = run_culture(
-        cfg, out, resume=resume, device=device, progress=not no_progress, echo=click.echo
+        cfg,
+        out,
+        resume=resume,
+        device=resolve_device(device),
+        progress=not no_progress,
+        echo=click.echo,
     )
     click.echo(json.dumps(summary))
 
@@ -117,6 +129,7 @@ def export_command(population, out) -> None:
 @click.argument("c_quizzes", type=click.Path(dir_okay=False, exists=True))
 def import_command(population, c_quizzes) -> None:
     """Add an original c_quizzes.pth to a population's culture (as one committed round)."""
+    from gridlens.training.culture.config import CultureConfig
     from gridlens.training.culture.loop import Population, _read_json
 
     index = _read_json(Path(population) / "culture.json")
@@ -130,7 +143,7 @@ def import_command(population, c_quizzes) -> None:
 @click.option("--population", type=click.Path(file_okay=False), required=True)
 @click.option("--site", default="blocks.1.mlp.hook_post", show_default=True, help="Hook site.")
 @click.option("--models", default="0,1", show_default=True, help="Two member indices: A,B.")
-@click.option("--quizzes", type=int, default=64, show_default=True, help="Shared inputs.")
+@click.option("-n", "--quizzes", type=int, default=64, show_default=True, help="Shared inputs.")
 @click.option("--sae-a", type=click.Path(file_okay=False), default=None, help="SAE of model A.")
 @click.option("--sae-b", type=click.Path(file_okay=False), default=None, help="SAE of model B.")
 @click.option("--out", type=OutputPath("dir"), default=None, help="Default POP/report.")
@@ -160,26 +173,32 @@ def universality_command(
     out_dir.mkdir(parents=True, exist_ok=True)
     if (sae_a is None) != (sae_b is None):
         raise ConfigError("give both --sae-a and --sae-b, or neither")
-    if sae_a is not None:
-        from gridlens.sae.io import load_sae
+    stage = Stages("culture universality", 3 if all_pairs else 2)
+    with stage("correlations"):
+        if sae_a is not None:
+            from gridlens.sae.io import load_sae
 
-        result = un.latent_universality(
-            members[a], load_sae(sae_a), members[b], load_sae(sae_b), tokens
-        )
-        stem = "universality_sae"
-    else:
-        result = un.neuron_universality(members[a], members[b], tokens, site)
-        stem = "universality"
-    figure = result.plot(out_dir / f"{stem}.png")
+            result = un.latent_universality(
+                members[a], load_sae(sae_a), members[b], load_sae(sae_b), tokens
+            )
+            stem = "universality_sae"
+        else:
+            result = un.neuron_universality(members[a], members[b], tokens, site)
+            stem = "universality"
+    figure = out_dir / f"{stem}.png"
     data = {"models": [a, b], **result.to_json()}
     if all_pairs:
 
         def measure(x, y):
             return un.neuron_universality(x, y, tokens, site)
 
-        matrix = un.pairwise(members, measure)
+        with stage("every pair of members"):
+            matrix = un.pairwise(members, measure)
         data["pairwise_mean_max_match"] = matrix.tolist()
-        un.plot_pairwise(matrix, out_dir / "universality_pairs.png", f"neurons at {site}")
+    with stage("figures"):
+        result.plot(figure)
+        if all_pairs:
+            un.plot_pairwise(matrix, out_dir / "universality_pairs.png", f"neurons at {site}")
     text = json.dumps(data, indent=2) + "\n"
     atomic_write(out_dir / f"{stem}.json", lambda handle: handle.write(text.encode()))
     for line in result.findings():
@@ -188,6 +207,7 @@ def universality_command(
 
 
 def _read_index(population) -> CultureConfig:
+    from gridlens.training.culture.config import CultureConfig
     from gridlens.training.culture.loop import _read_json
 
     data = _read_json(Path(population) / "culture.json")

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gridlens.errors import ConfigError
 from gridlens.io import atomic_write
-from gridlens.plotting import pyplot, save_figure
+from gridlens.plotting import finish, pyplot
 from gridlens.training.culture.config import CultureConfig
 from gridlens.training.culture.loop import _read_json, read_history
 from gridlens.training.culture.store import NOVEL, CultureSet, culture_path, load_part
 from gridlens.world.render import render_png
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def load_population_summary(population: str | Path) -> tuple[CultureConfig, dict, list, CultureSet]:
@@ -85,7 +88,7 @@ def findings(summary: dict[str, Any]) -> list[str]:
     return out
 
 
-def plot_rounds(cfg: CultureConfig, history: list, path: Path) -> Path:
+def plot_rounds(cfg: CultureConfig, history: list, path: Path | None = None) -> Figure:
     """Accuracy of each model per round (culture rounds marked), and culture round counts."""
     plt = pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
@@ -109,7 +112,7 @@ def plot_rounds(cfg: CultureConfig, history: list, path: Path) -> Path:
     bottom.set_ylabel("quizzes per culture round")
     bottom.legend(fontsize=7)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return finish(fig, path)
 
 
 def gallery(cfg: CultureConfig, culture: CultureSet, out: Path, per_label: int = 6) -> list[Path]:
@@ -141,7 +144,8 @@ def culture_report(population: str | Path, out: str | Path | None = None) -> dic
         raise ConfigError(f"{population}: no completed round to report")
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(cfg, state, history, culture)
-    figures = [plot_rounds(cfg, history, out / "culture_rounds.png")]
+    plot_rounds(cfg, history, out / "culture_rounds.png")
+    figures = [out / "culture_rounds.png"]
     figures += gallery(cfg, culture, out)
     summary["figures"] = [p.name for p in figures]
     text = json.dumps(summary, indent=2) + "\n"
