@@ -99,9 +99,10 @@ def decoder_cosines(small: SparseAutoencoder, large: SparseAutoencoder) -> torch
 
 @dataclass
 class SplitResult:
-    """Level i is the i-th dictionary (sizes increasing). parent[i][j]: the latent of level
-    i - 1 whose decoder row is closest to latent j's (-1 at level 0); cosine[i][j] that cosine.
-    label[i][j] / f1[i][j]: latent j's best world-derived label ("" when it never fires)."""
+    """Level i is the i-th dictionary (sizes increasing). `parent[i][j]`: the latent of level
+    i - 1 whose decoder row is closest to latent j's (-1 at level 0); `cosine[i][j]` that
+    cosine. `label[i][j]` / `f1[i][j]`: latent j's best world-derived label ("" when it never
+    fires)."""
 
     hook_name: str
     sizes: list[int]
