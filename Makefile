@@ -1,21 +1,22 @@
 # Two entry points: `make report` (the main job: the report of the shipped model) and
-# `make test` (the test suite). Both create .venv, install torch==2.13.0 first (the CPU wheel),
-# then the project. `make demo` draws a gallery of quizzes.
+# `make test` (the test suite, the docs build and the tutorial notebooks). Both create .venv,
+# install torch==2.13.0 first (the CPU wheel), then the project. `make demo` draws a gallery of
+# quizzes; `make docs` builds the docs site into site/.
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 CHROMIUM ?= /usr/bin/chromium
 CHROMEDRIVER ?= /usr/bin/chromedriver
 
-.PHONY: report demo test test-fast lint install
+.PHONY: report demo docs test test-fast lint install
 
 $(BIN)/gridlens: pyproject.toml
 	@echo "make install: creating $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
 	@echo "make install: installing torch 2.13.0 (the CPU wheel, about 200 MB; a few minutes)"
 	$(BIN)/python -m pip install -q torch==2.13.0
-	@echo "make install: installing gridlens (editable) with its dev, tl and sae extras"
-	$(BIN)/python -m pip install -q -e '.[dev,tl,sae]'
+	@echo "make install: installing gridlens (editable) with its dev, tl, sae and docs extras"
+	$(BIN)/python -m pip install -q -e '.[dev,tl,sae,docs]'
 	touch $@
 	@echo "make install: done; the command is $(BIN)/gridlens"
 
@@ -27,6 +28,11 @@ report: install
 demo: install
 	$(BIN)/gridlens world gallery --out gallery.png
 
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# tests/docs/ builds the docs site (mkdocs --strict), runs every python block of the docs and the
+# tutorial notebooks (docs/tutorials/*.ipynb, in a fresh kernel with a time limit).
 # The report and dashboard tests open pages in a real headless Chromium (Debian's chromium and
 # chromium-driver). As root (CI, a clean machine) they are installed if missing and required;
 # a user who is not root and lacks them gets a one-line note and those tests are skipped.

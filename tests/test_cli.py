@@ -172,14 +172,13 @@ def test_main_job_gallery_of_every_task(tmp_path):
     assert Image.open(path).size == layout.size
 
 
-def test_readme_world_examples_run(tmp_path, monkeypatch, capsys):
-    """The Python examples of the README's "The grid world" section run as written."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("\n## The grid world\n", 1)[1].split("\n## ", 1)[0]
-    blocks = [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
+def test_docs_world_examples_run(tmp_path, monkeypatch, capsys):
+    """The Python examples of the docs' "The grid world" page run as written."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "world.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in page.split("```python\n")[1:]]
     assert len(blocks) >= 3
     monkeypatch.chdir(tmp_path)
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), {})
+        exec(compile(block, "docs/world.md", "exec"), {})
     assert (tmp_path / "quizzes.png").exists() and (tmp_path / "world-data").is_dir()
     assert "f(B)" in capsys.readouterr().out

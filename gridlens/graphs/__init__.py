@@ -1,4 +1,4 @@
-"""Replacement models and attribution graphs over transcoders (see the README's graphs section)."""
+"""Replacement models and attribution graphs over transcoders (guide: docs/graphs.md)."""
 
 from gridlens.lazy import lazy_exports
 

@@ -132,7 +132,7 @@ class TrainConfig:
     strict_mode: str = "half"
     informative: float = 0.0  # share of IIT sources chosen to change the output (choose_sources)
     candidates: int = 4  # sources drawn per example to choose from
-    source_grad: bool = True  # differentiate through the source activations too (README)
+    source_grad: bool = True  # differentiate through the sources too (docs/groundtruth.md)
     threshold_accuracy: float = 1.0
     threshold_iia: float = 0.993
     threshold_siia: float = 0.9995

@@ -389,7 +389,7 @@ def _hub(identifier: str):
 
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "data" / "default_model"
-"""The model shipped inside the package (see README: the shipped default model)."""
+"""The model shipped inside the package (how it was trained: docs/training.md)."""
 
 
 def resolve_default(path: str | os.PathLike) -> str | os.PathLike:

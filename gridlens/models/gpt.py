@@ -105,7 +105,7 @@ class KVCache:
 
 
 class GridGPT(nn.Module):
-    """A MyGPT-compatible GPT with TransformerLens hook names (see DESIGN.md, Models)."""
+    """A MyGPT-compatible GPT with TransformerLens hook names."""
 
     def __init__(self, cfg: GridGPTConfig | str | None = None, seed: int | None = 0, **overrides):
         super().__init__()

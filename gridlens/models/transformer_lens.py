@@ -15,7 +15,9 @@ The exported model is a stock `HookedTransformer` built from a `HookedTransforme
 
 Decoding: TransformerLens's KV cache works for this model when given an explicit all-ones
 attention mask (it has no tokenizer, and token 0 is a colour, never padding):
-`tl_generate` does exactly that. See the README for what `HookedTransformer.generate` does.
+`tl_generate` does exactly that. `HookedTransformer.generate(use_past_kv_cache=True)` itself
+is wrong for this model (standard positions, no tokenizer): docs/transformer_lens.md has a
+reproduction.
 """
 
 from __future__ import annotations

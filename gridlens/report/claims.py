@@ -1,4 +1,5 @@
-"""The claims of the published investigation of Fleuret's culture models (seed 000), each an
+"""The claims of the published investigation of Fleuret's culture models
+(github.com/tom-pollak/interpretability-culture), each an
 automated test on the model in hand: a `Claim` with a verdict and the numbers behind it.
 
 Verdicts say whether the claim, as worded in `Claim.claim`, holds for this model:
@@ -74,8 +75,8 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 L0_TEXT = (
     "Ablating layer 0's attention raises the loss far more than ablating any other attention "
-    f"layer (the seed: about 1000x the clean loss; here: at least {FAR_MORE:g}x the increase of "
-    "the next layer)."
+    f"layer (the write-up: about 1000x the clean loss; here: at least {FAR_MORE:g}x the "
+    "increase of the next layer)."
 )
 
 
@@ -139,7 +140,7 @@ def l0_previous_token_head(heads) -> Claim:
 
 COPY_TEXT = (
     "The direct path embedding -> layer-0 attention (OV) -> unembedding, everything else "
-    "ablated, reproduces the previous grid (the seed: close but imperfect)."
+    "ablated, reproduces the previous grid (the write-up: close but imperfect)."
 )
 
 

@@ -19,7 +19,7 @@ from gridlens.models.generate import complete
 from gridlens.report.claims import FOLLOWS, SPECIFIC, Claim, grade, not_applicable
 
 MLP_TEXT = (
-    "Ablating one MLP layer hurts one task far more than the others (the seed: layer 8 and "
+    "Ablating one MLP layer hurts one task far more than the others (the write-up: layer 8 and "
     f"contact; here: >= {SPECIFIC[0]:g}x the loss increase of the next-most-hurt task), and the "
     "world's checkers say which rule the ablated model's wrong answers follow instead."
 )

@@ -1,6 +1,6 @@
 """Claims 6 and 7 of the published investigation: a few SAE latents of the task-specific MLP
-bring back the answers its ablation breaks (the seed's Figure 5), and switching them on in other
-tasks' quizzes does not make those follow the task's rule (the seed saw no effect).
+bring back the answers its ablation breaks (the write-up's Figure 5), and switching them on in other
+tasks' quizzes does not make those follow the task's rule (the write-up saw no effect).
 
 The SAE reads the chosen MLP's output (`blocks.{l}.hook_mlp_out`). The "transform cell" of a
 quiz is the first cell the ablated model gets wrong; the clean model's activation there is the
@@ -23,13 +23,12 @@ from gridlens.sae.splice import encode_inference, window
 RECOVER_ID, INDUCE_ID = "sparse_feature_recovers", "feature_induces_behaviour"
 RECOVER_TEXT = (
     "A few SAE latents of that MLP bring back the answers its ablation breaks: keeping only the "
-    "top latent (x1, x5, x15) or the top 3 in place of the MLP on the predicted grid (the seed: "
-    "29.4%, 64.7%, 67.6% "
-    "of the broken quizzes right)."
+    "top latent (x1, x5, x15) or the top 3 in place of the MLP on the predicted grid (the "
+    "write-up: 29.4%, 64.7%, 67.6% of the broken quizzes right)."
 )
 INDUCE_TEXT = (
     "Switching those latents on in quizzes of other tasks moves their answers toward that "
-    "task's rule, as judged by its checker (the seed saw no effect: 'not reproduced' agrees "
+    "task's rule, as judged by its checker (the write-up saw no effect: 'not reproduced' agrees "
     "with it)."
 )
 #: (name, latents: "none" / "top1" / "top3" / "all", factor) of the recovery test
@@ -71,8 +70,8 @@ def latents_at_cell(model, sae, found: MlpStudy) -> tuple[torch.Tensor, list[lis
 def learned_multiplier(
     model, sae, found: MlpStudy, steps: int = 30, lr: float = 0.2, weight_decay: float = 2.0
 ) -> torch.Tensor:
-    """The seed's latent mask: a multiplier per latent, zero at first, trained with strong weight
-    decay so that decode(latents x m) in place of the MLP output at each
+    """The write-up's latent mask: a multiplier per latent, zero at first, trained with strong
+    weight decay so that decode(latents x m) in place of the MLP output at each
     transform cell gives the right token there (cross-entropy). Plain gradient descent, not
     Adam: with Adam every latent whose gradient keeps its sign settles at the same value
     (1 / weight_decay), whereas here each settles near -gradient / weight_decay, which ranks

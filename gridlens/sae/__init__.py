@@ -1,4 +1,4 @@
-"""Sparse dictionaries on a GridGPT's activations (see the README's SAE section).
+"""Sparse dictionaries on a GridGPT's activations (guide: docs/sae.md; tutorial: docs/tutorials).
 
 from gridlens.sae import load_sae, latent_activations
 sae = load_sae("default")

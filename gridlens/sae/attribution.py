@@ -446,12 +446,12 @@ def amplify_latents(
     )
 
 
-# ------------------------------------------------------------------------- per example (seed 004)
+# ------------------------------------------------------------------------------------ per example
 
 
 @dataclass
 class ExampleAttribution:
-    """Gradient x activation per quiz (seed 004's SAE-basis attribution, per example).
+    """Gradient x activation per quiz (SAE-basis attribution, per example).
 
     by_latent[i, j]: quiz i's attribution to latent j summed over positions. positive[i] /
     negative[i]: quiz i's k (position, latent, attribution) pairs of largest positive (they

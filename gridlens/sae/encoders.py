@@ -1,4 +1,5 @@
-"""One dictionary, several encoders, equal L0: the learned encoder against pursuit (seed 001).
+"""One dictionary, several encoders, equal L0: the learned encoder against pursuit
+(inference-time optimisation, after the Google DeepMind mech interp team's 2024 update).
 
 For each encoder (`learned`, `mp`, `gp`; see gridlens.sae.pursuit) the SAE's decoder is kept and
 only the codes change: `evaluate_sae` gives explained variance, loss recovered and greedy

@@ -1,4 +1,4 @@
-"""End-to-end (KL) fine-tuning of a trained SAE (Braun et al. 2024, "e2e + downstream"; seed 001).
+"""End-to-end (KL) fine-tuning of a trained SAE (Braun et al. 2024, "e2e + downstream"; GDM 2024).
 
 An SAE trained on reconstruction alone spends capacity on directions the model ignores; spliced
 in, it can still cost much of the loss. Fine-tuning splices it into the frozen model (at its

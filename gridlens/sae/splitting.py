@@ -1,4 +1,4 @@
-"""Feature splitting (Bricken et al. 2023; seed 001's dictionary-learning replication): a family
+"""Feature splitting (Bricken et al. 2023; the GDM team's 2024 replication): a family
 of dictionaries of growing size on one site, each latent of a larger dictionary matched to its
 parent in the next smaller one by decoder cosine, and the splitting tree drawn with the
 world-derived labels of gridlens.sae.labels.
@@ -99,9 +99,10 @@ def decoder_cosines(small: SparseAutoencoder, large: SparseAutoencoder) -> torch
 
 @dataclass
 class SplitResult:
-    """Level i is the i-th dictionary (sizes increasing). parent[i][j]: the latent of level
-    i - 1 whose decoder row is closest to latent j's (-1 at level 0); cosine[i][j] that cosine.
-    label[i][j] / f1[i][j]: latent j's best world-derived label ("" when it never fires)."""
+    """Level i is the i-th dictionary (sizes increasing). `parent[i][j]`: the latent of level
+    i - 1 whose decoder row is closest to latent j's (-1 at level 0); `cosine[i][j]` that
+    cosine. `label[i][j]` / `f1[i][j]`: latent j's best world-derived label ("" when it never
+    fires)."""
 
     hook_name: str
     sizes: list[int]

@@ -11,7 +11,7 @@ reference. Adding scale x W_dec[j] to the activation equals adding `scale` to la
 splice that keeps its error, since the decoder is linear.
 
 Also: `generation_metrics` (accuracy, rule validity, out-of-distribution answers of generated
-grids) and `component_scan`, seed 002's steering-coefficient scan with the direct logit
+grids) and `component_scan`, a steering-coefficient scan with the direct logit
 attribution of every component and the logit lens at each coefficient.
 """
 

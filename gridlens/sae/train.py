@@ -100,7 +100,7 @@ class SAETrainConfig:
     aux_coefficient: float = 1.0  # SAELens's default (Gao et al. use 1/32 of a normalised MSE)
     dead_after_tokens: int = 100_000  # a latent not fired for this many rows is dead
     resample_every: int = 0  # relu: reinitialise dead latents every this many steps (0: off)
-    ghost_grads: str = "off"  # "original" (Anthropic, Jan 2024) or "improved" (seed 001)
+    ghost_grads: str = "off"  # "original" (Anthropic, Jan 2024) or "improved" (GDM 2024)
     threshold_fraction: float = 0.25  # batchtopk: threshold averaged over this last share
     b_dec_init: str = "geometric_median"  # or "mean" or "zeros"
     normalize_activations: bool = True
@@ -288,10 +288,10 @@ def ghost_grads_loss(
     """Ghost grads (Jermyn & Templeton, Anthropic's January 2024 update): the dead latents,
     with exp instead of their activation function, reconstruct the residual x - x_hat (detached);
     their output is rescaled (constant) to half the residual's norm and the loss (constant) to
-    equal the MSE. "improved" (seed 001, GDM) multiplies it by the share of dead latents and uses
-    exp(min(pre, 0)) against divergence from falsely dead latents. b_dec enters detached, so only
-    the dead latents' encoder columns, biases and decoder rows get gradients. Zero when nothing
-    is dead."""
+    equal the MSE. "improved" (Google DeepMind's 2024 variant) multiplies it by the share of
+    dead latents and uses exp(min(pre, 0)) against divergence from falsely dead latents. b_dec
+    enters detached, so only the dead latents' encoder columns, biases and decoder rows get
+    gradients. Zero when nothing is dead."""
     dead_index = dead.nonzero().flatten() if dead is not None else None
     if dead_index is None or len(dead_index) == 0:
         return x.new_zeros(())

@@ -22,7 +22,7 @@ _MODEL_FIELDS = ("d_model", "n_layers", "n_heads", "d_head", "d_mlp")
 @click.option(
     "--preset",
     default=None,
-    help="Training preset: cpu (default), gpu, gpu-small, 37m or tiny (README: Training).",
+    help="Training preset: cpu (default), gpu, gpu-small, 37m or tiny (docs/training.md).",
 )
 @click.option(
     "--config",

@@ -46,7 +46,7 @@ RESUME_FREE_FIELDS = frozenset(
 
 @dataclass
 class TrainConfig:
-    """Everything that determines a training run. See README "Training and evaluation"."""
+    """Everything that determines a training run. (docs: docs/training.md)."""
 
     # model (a GridGPT; MyGPT-compatible)
     d_model: int = 128
@@ -272,7 +272,7 @@ PRESETS: dict[str, TrainConfig] = {}
 
 
 def _register() -> None:
-    # "cpu": about an hour on 2 idle CPU cores (0.65 s per step of 32 quizzes, see README).
+    # "cpu": about an hour on 2 idle CPU cores (0.65 s per step of 32 quizzes, docs/training.md).
     PRESETS["cpu"] = TrainConfig(
         d_model=128,
         n_layers=4,

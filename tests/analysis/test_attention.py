@@ -112,7 +112,7 @@ def test_default_model_smoke(tmp_path):
     quizzes = quiz_set(["frame", "replace_color"], n_per_task=4, seed=0)
     result = classify_heads(model, quizzes)
     labels = dict(zip(result.heads, result.labels(), strict=True))
-    # the shipped model's layer-0 copy head (see the README): offset 100 from the query
+    # the shipped model's layer-0 copy head (docs/analysis.md): offset 100 from the query
     assert labels["L0H2"][0] == "prev_grid_same_cell" and labels["L0H2"][1] > 0.5
     data = result.to_json()
     assert set(data["per_task"]) == {"frame", "replace_color", "all"}

@@ -67,8 +67,8 @@ def test_tl_builtin_generate_without_cache_matches_ours(tiny, exported, quizzes)
 
 @pytest.mark.xfail(
     reason="TransformerLens 3.9 HookedTransformer.generate(use_past_kv_cache=True) "
-    "offsets standard positional embeddings wrongly (README: Models); strict, so a fixed "
-    "TransformerLens turns this test red and the README's warning gets removed",
+    "offsets standard positional embeddings wrongly (docs/transformer_lens.md); strict, so a "
+    "fixed TransformerLens turns this test red and the docs' warning gets removed",
     strict=True,
 )
 def test_tl_builtin_generate_with_cache(tiny, exported, quizzes):
