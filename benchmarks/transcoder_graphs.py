@@ -107,7 +107,7 @@ def part_scores(args) -> None:
     from gridlens.graphs.attribution import attribute, graph_scores
     from gridlens.graphs.commands import changed_cell
     from gridlens.graphs.replacement import build_replacement
-    from gridlens.sae.transcoder import load_transcoders
+    from gridlens.sae.transcoder_io import load_transcoders
 
     model = load("default")
     tcs = load_transcoders(args.transcoders)

@@ -57,7 +57,7 @@ def build(
     from gridlens.graphs.labels import label_graph
     from gridlens.graphs.replacement import build_replacement
     from gridlens.models.checkpoints import load
-    from gridlens.sae.transcoder import load_transcoders
+    from gridlens.sae.transcoder_io import load_transcoders
     from gridlens.training.trainer import resolve_device
     from gridlens.world import generate
 

@@ -144,7 +144,7 @@ def build_report(
         stages.append(("culture", _stage_culture))
     if transcoders is not None:
         from gridlens.report.graph_stage import stage_graph
-        from gridlens.sae.transcoder import load_transcoders
+        from gridlens.sae.transcoder_io import load_transcoders
 
         load_transcoders(transcoders)  # a bad folder fails before any work
         stages.append(("graph", stage_graph))

@@ -48,7 +48,7 @@ def stage_graph(run, node_share: float = 0.8) -> Section | None:
     )
     from gridlens.report.findings import first_of_each
     from gridlens.sae.features import position_label
-    from gridlens.sae.transcoder import load_transcoders
+    from gridlens.sae.transcoder_io import load_transcoders
 
     if run.transcoders_path is None:
         return None

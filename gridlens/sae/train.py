@@ -52,12 +52,8 @@ from gridlens.sae.cache import ActivationCache, CachedStore
 from gridlens.sae.gated import build_sae, gated_latents
 from gridlens.sae.model import SAEConfig, SparseAutoencoder, jump_step
 from gridlens.sae.sparse import batch_topk_encode, sparse_decode, topk_encode
-from gridlens.sae.transcoder import (
-    Transcoder,
-    TranscoderConfig,
-    fold_transcoder_scales,
-    save_transcoder,
-)
+from gridlens.sae.transcoder import Transcoder, TranscoderConfig, fold_transcoder_scales
+from gridlens.sae.transcoder_io import save_transcoder
 from gridlens.training import checkpoint as ckpt
 from gridlens.training import distributed as dd
 

@@ -8,30 +8,20 @@ input before LayerNorm's affine map, which the encoder absorbs) and predicts
     f    = the SAE architecture's nonlinearity (topk, jumprelu, ...)
     out  = f @ W_dec + b_dec (+ x @ W_skip when `skip`)
 It trains through gridlens.sae.train like an SAE (the store yields input and target side by
-side) and is saved in a directory like an SAE's (cfg.json + sae_weights.safetensors), in our
-own format: SAELens's transcoder files differ between its versions.
+side) and is saved in a directory like an SAE's (gridlens.sae.transcoder_io: SAELens 6's format
+for the ReLU and JumpReLU transcoders it has, ours for TopK and BatchTopK).
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from gridlens.errors import CheckpointError, ConfigError
-from gridlens.integrity import seal_safetensors
-from gridlens.io import atomic_directory, atomic_write
+from gridlens.errors import ConfigError
 from gridlens.sae.model import SAEConfig, SparseAutoencoder
-
-FORMAT_NAME = "gridlens.transcoder"
-FORMAT_VERSION = 1
-CFG_FILE = "cfg.json"
-WEIGHTS_FILE = "sae_weights.safetensors"
 
 
 def transcoder_sites(layer: int) -> tuple[str, str]:
@@ -118,86 +108,6 @@ def fold_transcoder_scales(tc: Transcoder, scale_in: float, scale_out: float) ->
     return tc
 
 
-def save_transcoder(
-    tc: Transcoder, path: str | os.PathLike, training: dict[str, Any] | None = None
-) -> Path:
-    """Write cfg.json and sae_weights.safetensors into `path` (atomically, as save_sae does)."""
-    names = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["W_skip"] if tc.cfg.skip else [])
-    if tc.cfg.architecture in ("jumprelu", "batchtopk"):
-        names.append("threshold")
-    state = {
-        n: getattr(tc, n).detach().cpu().reshape(getattr(tc, n).shape).contiguous() for n in names
-    }
-    for name, value in state.items():
-        if not torch.isfinite(value).all():
-            raise ConfigError(f"transcoder parameter {name!r} contains NaN or infinite values")
-    meta = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "config": tc.cfg.to_dict(),
-        "training": training or {},
-    }
-    blob = seal_safetensors(state)
-    text = (json.dumps(meta, indent=2, allow_nan=False) + "\n").encode()
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise CheckpointError(f"{path}: exists and is not a directory")
-    if path.exists():
-        atomic_write(path / WEIGHTS_FILE, lambda h: h.write(blob))
-        atomic_write(path / CFG_FILE, lambda h: h.write(text))
-        return path
-
-    def fill(staging: Path) -> None:
-        (staging / WEIGHTS_FILE).write_bytes(blob)
-        (staging / CFG_FILE).write_bytes(text)
-
-    atomic_directory(path, fill)
-    return path
-
-
-def is_transcoder_dir(path: str | os.PathLike) -> bool:
-    """Whether `path` holds a saved transcoder (not an SAE)."""
-    try:
-        return json.loads((Path(path) / CFG_FILE).read_text()).get("format") == FORMAT_NAME
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def load_transcoder(
-    path: str | os.PathLike, device: str | torch.device | None = None
-) -> Transcoder:
-    """A transcoder (eval mode) saved by `save_transcoder`."""
-    from gridlens.sae.io import _check_state, _read_weights
-
-    directory = Path(path)
-    cfg_path = directory / CFG_FILE
-    if not cfg_path.is_file():
-        raise CheckpointError(f"{directory}: not a transcoder directory (no {CFG_FILE})")
-    try:
-        meta = json.loads(cfg_path.read_text())
-    except (ValueError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{cfg_path}: not valid JSON: {error}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise CheckpointError(f"{cfg_path}: field 'format' is not {FORMAT_NAME!r}")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{cfg_path}: field 'format_version' is {meta.get('format_version')!r}, "
-            f"this gridlens reads {FORMAT_VERSION}"
-        )
-    try:
-        cfg = TranscoderConfig.from_dict(meta.get("config") or {})
-    except (ConfigError, TypeError) as error:
-        raise CheckpointError(f"{cfg_path}: field 'config': {error}") from None
-    tc = Transcoder(cfg)
-    state = _read_weights(directory / WEIGHTS_FILE)
-    shapes = {name: tuple(p.shape) for name, p in tc.state_dict().items()}
-    _check_state(state, shapes, directory / WEIGHTS_FILE)
-    tc.load_state_dict(state)
-    if device is not None:
-        tc.to(device)
-    return tc.eval()
-
-
 def replacement_hooks(transcoders: dict[int, Transcoder]) -> list:
     """Hooks replacing each listed block's MLP output by its transcoder's prediction (from the
     same forward pass's MLP input)."""
@@ -256,25 +166,3 @@ def evaluate_transcoders(
         "loss_recovered": loss_recovered(zeroed, loss, clean),
         "cell_accuracy_replaced": float(replaced.cell_accuracy.mean()),
     }
-
-
-def layer_dir(root: str | os.PathLike, layer: int) -> Path:
-    """Where `gridlens sae transcoder` keeps the transcoder of block `layer`."""
-    return Path(root) / f"layer_{layer}"
-
-
-def load_transcoders(
-    root: str | os.PathLike, device: str | torch.device | None = None
-) -> dict[int, Transcoder]:
-    """The transcoders in `root`'s layer_L folders, by layer."""
-    root = Path(root)
-    if not root.is_dir():
-        raise CheckpointError(f"{root}: no such transcoder folder")
-    found = {}
-    for folder in sorted(root.glob("layer_*")):
-        suffix = folder.name.removeprefix("layer_")
-        if suffix.isdigit() and is_transcoder_dir(folder):
-            found[int(suffix)] = load_transcoder(folder, device)
-    if not found:
-        raise CheckpointError(f"{root}: holds no layer_L transcoder folders")
-    return found

@@ -56,12 +56,8 @@ def transcoder(
     from gridlens.analysis.core import quiz_set
     from gridlens.models.checkpoints import load
     from gridlens.sae.train import SAETrainConfig, train_sae
-    from gridlens.sae.transcoder import (
-        TranscoderConfig,
-        evaluate_transcoders,
-        layer_dir,
-        load_transcoder,
-    )
+    from gridlens.sae.transcoder import TranscoderConfig, evaluate_transcoders
+    from gridlens.sae.transcoder_io import layer_dir, load_transcoder
     from gridlens.training import checkpoint as ckpt
 
     model = load(model_path, device=device)

@@ -10,7 +10,8 @@ import torch
 from gridlens.analysis.core import quiz_set
 from gridlens.models.gpt import GridGPT
 from gridlens.report.graph_stage import stage_graph, transform_cell
-from gridlens.sae.transcoder import Transcoder, TranscoderConfig, layer_dir, save_transcoder
+from gridlens.sae.transcoder import Transcoder, TranscoderConfig
+from gridlens.sae.transcoder_io import layer_dir, save_transcoder
 
 
 def test_stage_attributes_the_transform_cell(tmp_path):

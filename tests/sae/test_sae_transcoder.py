@@ -15,10 +15,9 @@ from gridlens.sae.transcoder import (
     Transcoder,
     TranscoderConfig,
     evaluate_transcoders,
-    load_transcoder,
-    load_transcoders,
     replacement_hooks,
 )
+from gridlens.sae.transcoder_io import load_transcoder, load_transcoders
 
 D_IN, D_OUT, N_FEATURES = 24, 20, 16
 
