@@ -271,7 +271,7 @@ def load_sae(
     if arch not in ("standard", "topk", "jumprelu", "batchtopk", "gated"):
         raise CheckpointError(
             f"{cfg_path}: field 'architecture' is {arch!r}; gridlens reads standard, topk, "
-            "jumprelu, batchtopk and gated SAEs"
+            "jumprelu, batchtopk and gated SAEs (transcoders: gridlens.sae.load_transcoder)"
         )
     d_in, d_sae = field("d_in", int), field("d_sae", int)
     dtype_name = str(field("dtype", str, "float32")).removeprefix("torch.")

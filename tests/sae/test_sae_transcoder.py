@@ -55,11 +55,11 @@ class SparseMLPStore:
         self.step = state["step"]
 
 
-def _train(arch: str, steps: int, tmp_path, **train):
+def _train(arch: str, steps: int, tmp_path, init_threshold: float = 0.1, **train):
     store = SparseMLPStore()
     cfg = TranscoderConfig(
         D_IN, 32, architecture=arch, k=4, hook_name="x", target_hook_name="y", d_out=D_OUT,
-        jumprelu_init_threshold=0.3,
+        jumprelu_init_threshold=init_threshold,
     )  # fmt: skip
     train = SAETrainConfig(
         tokens=512 * steps, batch_size=512, lr=5e-3, warmup_steps=10, progress=False,
@@ -84,11 +84,21 @@ def test_topk_recovers_the_features_of_an_exactly_sparse_mlp(tmp_path):
     assert torch.allclose(loaded(rows[:, :D_IN])[0], pred, atol=1e-6)
 
 
-def test_jumprelu_trains_sparse(tmp_path):
-    *_, latents, ev = _train("jumprelu", 150, tmp_path, l0_coefficient=0.3)
-    assert ev > 0.9
-    assert float((latents > 0).float().sum(1).mean()) < 16  # of 32 latents
-    assert load_transcoder(tmp_path / "tc").threshold.min() >= 0
+@pytest.mark.slow  # ~5 s alone, up to 15 s on a loaded machine
+def test_jumprelu_recovers_most_features_of_an_exactly_sparse_mlp(tmp_path):
+    """A low initial threshold (0.1, in normalised units) lets every latent fire and find a
+    direction before the L0 term raises the thresholds (to ~0.8). From 0.3 many latents start
+    below it and never get a gradient (JumpReLU passes none where inactive): 8 of 16 features
+    and explained variance 0.78 with the same steps, 1 of 16 after 150 steps."""
+    store, tc, rows, pred, latents, ev = _train("jumprelu", 1000, tmp_path, l0_coefficient=3.0)
+    assert ev > 0.98
+    assert float((latents > 0).float().sum(1).mean()) < 4  # 16 * 0.15 = 2.4 features per row
+    decoder = tc.W_dec / tc.W_dec.norm(dim=1, keepdim=True)
+    cosine = (store.v @ decoder.T).max(1).values
+    assert int((cosine > 0.9).sum()) >= 12, cosine  # 13-16 of 16 over four seeds
+    loaded = load_transcoder(tmp_path / "tc")  # a SAELens JumpReLUTranscoder file
+    assert loaded.threshold.min() >= 0
+    assert torch.allclose(loaded(rows[:, :D_IN])[0], pred, atol=1e-6)
 
 
 def test_store_pairs_the_mlp_input_with_its_output():
