@@ -95,7 +95,8 @@ def test_specific_latents_rank_by_share_as_the_findings_do():
     }
     assert by_hand == {"a": [3, 0], "b": [1, 4]}  # latent 2 fires too rarely on a
     assert {t: m.specific_latents(t) for t in "ab"} == by_hand
-    assert m.findings()[1].startswith("Most task-specific: latent 1 puts 90% of its activation on b")
+    line = m.findings()[1]
+    assert line.startswith("Most task-specific: latent 1 puts 90% of its activation on b (")
 
 
 def test_promoted_logits_are_the_last_layer_direct_effect(setup):
