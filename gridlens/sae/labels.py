@@ -183,9 +183,11 @@ class LabelResult:
         }
 
     def table(self, latents: list[int] | None = None) -> str:
-        """A Markdown table of the best label per latent, best F1 first."""
-        latents = self.alive if latents is None else np.asarray(latents)
-        latents = sorted(latents.tolist(), key=lambda j: -self.best_f1()[j])
+        """A Markdown table of the best label per latent: the given latents in the order given
+        (a ranking such as `ExpressionMatrix.specific_latents` stays a ranking), or every live
+        latent, best F1 first."""
+        if latents is None:
+            latents = sorted(self.alive.tolist(), key=lambda j: -self.best_f1()[j])
         lines = [
             "| latent | label | F1 | precision | recall | fires |",
             "|---|---|---|---|---|---|",

@@ -62,6 +62,29 @@ def test_score_mlp_subspace_option():
         score_mlp(model, bench, 0, x, x2, subspace="pca", **args)
 
 
+def _neuron_best_f1(rows: list[dict]) -> list[float]:
+    """Per reported value of `eval --run parenthesis --n-per-task 40` (seed 1), the best F1 of
+    any MLP-0 neuron as a detector of it on the command's test inputs, counted by hand: a
+    neuron detects the value where it is positive, on the positions that have a label."""
+    model, bench, _ = load_run(resolve_run("parenthesis")[0])
+    rng = np.random.default_rng(1)
+    bench.generate(20, rng)  # the inputs the SAEs are fitted on
+    test, _ = bench.generate(20, rng)
+    seen = []
+    with torch.no_grad(), model.hooks([("blocks.0.mlp.hook_post", lambda a, h: seen.append(a))]):
+        model(test)
+    values = bench.run_high_level(test)
+    labelled = values["output"] >= 0
+    fires = (seen[0][labelled] > 0).numpy()  # [rows, neurons]
+    best = []
+    for row in rows:
+        truth = (values[row["variable"]][labelled] == row["value"]).numpy()[:, None]
+        tp = (fires & truth).sum(0)
+        f1 = 2 * tp / np.maximum(fires.sum(0) + truth.sum(), 1)
+        best.append(float(f1.max()))
+    return best
+
+
 def test_eval_cli_scores_das(capsys, tmp_path):
     out = tmp_path / "ev"
     args = ["--run", "parenthesis", "--out", str(out), "--n-per-task", "40", "--sae-steps", "5"]
@@ -73,6 +96,8 @@ def test_eval_cli_scores_das(capsys, tmp_path):
     methods = report["sae"]["L0"]["methods"]
     assert set(methods["das"]["iia"]) == {"parenthesis.below"} and "class_means" in methods
     assert "parenthesis.below: subspace IIA class_means" in stdout and " das " in stdout
+    neurons = methods["neurons"]["per_value"]
+    assert [row["best_f1"] for row in neurons] == pytest.approx(_neuron_best_f1(neurons))
     code, _, err = run(capsys, "groundtruth", "eval", *args, "--das-steps", "0")
     assert code == 2 and "--das-steps" in err
     fresh = tmp_path / "never"

@@ -573,6 +573,27 @@ def test_f1_and_auc_by_hand():
     assert roc_auc([1, 2], [1, 1]) != roc_auc([1, 2], [1, 1])  # nan
 
 
+def _pairwise_auc(scores, labels) -> float:
+    """Every (positive, negative) pair, one at a time: a win counts 1, a tie 1/2."""
+    pos = [s for s, y in zip(scores, labels, strict=True) if y]
+    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_roc_auc_with_ties_matches_every_pair(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 40))
+    scores = rng.integers(0, 4, n).astype(float)  # four levels: ties everywhere
+    labels = rng.permutation(np.arange(n) < int(rng.integers(1, n)))
+    auc = roc_auc(scores, labels)
+    assert auc == pytest.approx(_pairwise_auc(scores.tolist(), labels.tolist()), abs=1e-12)
+    assert auc + roc_auc(scores, ~labels) == pytest.approx(1.0)  # ties split evenly
+    assert roc_auc(np.zeros(n), labels) == 0.5
+    assert roc_auc(torch.as_tensor(scores), torch.as_tensor(labels)) == auc
+
+
 def test_task_purity_by_hand():
     active = torch.tensor([[1, 1], [1, 0], [0, 1], [0, 1]], dtype=torch.bool)
     task = torch.tensor([0, 0, 1, 1])

@@ -271,6 +271,59 @@ def test_claims_by_hand(stages):
     assert share >= HEAD_SHARE[1] and head["verdict"] == expected
 
 
+def _newton_logistic(x: torch.Tensor, y: torch.Tensor, decay: float) -> torch.Tensor:
+    """Binary logistic regression, [weights, bias], minimising the mean cross-entropy plus
+    (decay / 2) |w|^2 by Newton's method. A two-class softmax with decay |W|^2 has the same
+    optimum (its two weight columns settle at +-w / 2), so it separates the same tokens."""
+    x = torch.cat([x, torch.ones(len(x), 1)], 1).double()
+    penalty = torch.full((x.shape[1],), decay, dtype=torch.float64)
+    penalty[-1] = 0.0  # no decay on the bias
+    theta = torch.zeros(x.shape[1], dtype=torch.float64)
+    for _ in range(30):
+        p = torch.sigmoid(x @ theta)
+        grad = x.t() @ (p - y) / len(x) + penalty * theta
+        hess = (x.t() * (p * (1 - p))) @ x / len(x) + torch.diag(penalty)
+        theta -= torch.linalg.solve(hess, grad)
+    assert grad.abs().max() < 1e-6  # converged
+    return theta
+
+
+@pytest.mark.slow
+def test_probes_by_hand(stages):
+    """The 'changes' probe's held-out accuracy after the last block: the split redrawn by quiz
+    (a quarter of each task held out), the activations read with a hook at the positions that
+    read a cell, standardised on the training tokens, and fitted by Newton's method."""
+    from gridlens.analysis.core import quiz_set
+    from gridlens.report.build import SIZES
+
+    probes = stages.results["probes_changes"]
+    site = probes["sites"][-1]
+    seed = stages.options["seed"]
+    quizzes = quiz_set(stages.tasks, SIZES[stages.options["size"]].probe_per_task, seed=seed + 1)
+    tasks = np.asarray(quizzes.tasks)
+    rng, test = np.random.default_rng(seed), np.zeros(len(tasks), dtype=bool)
+    for task in dict.fromkeys(tasks.tolist()):
+        rows = rng.permutation(np.flatnonzero(tasks == task))
+        test[rows[: max(1, round(0.25 * len(rows)))]] = True
+    assert stages.model.cfg.shift_input  # position p reads cell p - 1
+    length = quizzes.tokens.shape[1]
+    read = torch.arange(length - 1)
+    read = read[read % (length // 4) != 0]  # the cells, not the four grid markers
+    seen = []
+    with torch.no_grad(), stages.model.hooks([(site, lambda act, hook: seen.append(act))]):
+        stages.model(quizzes.tokens)
+    x = seen[0][:, read + 1].double()  # [n, cells, d]
+    y = torch.as_tensor(quizzes.batch.token_annotations("changes"))[:, read].double()
+    assert set(y.unique().tolist()) == {0.0, 1.0}
+    mean, std = x[~test].flatten(0, 1).mean(0), x[~test].flatten(0, 1).std(0).clamp_min(1e-6)
+    x = (x - mean) / std
+    theta = _newton_logistic(x[~test].flatten(0, 1), y[~test].flatten(), 1e-4)
+    held_out = torch.cat([x[test].flatten(0, 1), torch.ones(int(test.sum()) * len(read), 1)], 1)
+    right = ((held_out @ theta > 0).double() == y[test].flatten()).double()
+    assert probes["n_test"] == len(right)
+    assert probes["accuracy"][site] == pytest.approx(float(right.mean()), abs=1 / len(right))
+
+
 @pytest.mark.slow
 def test_sae_by_hand(stages):
     """The shipped SAE's explained variance on the first quiz of each task (the stage takes

@@ -15,6 +15,7 @@ from sae_feature_helpers import HOOK, random_sae
 from gridlens.analysis.core import quiz_set
 from gridlens.models.checkpoints import load
 from gridlens.sae.features import (
+    ExpressionMatrix,
     expression_matrix,
     latent_activations,
     plot_histogram,
@@ -77,6 +78,25 @@ def test_expression_rows_sum_to_one_and_match_definition(setup):
     assert (m.share.sum(1)[~fires] == 0).all()
     shown = m.order.tolist()
     assert shown == sorted(shown, key=lambda j: (m.preferred[j], -m.specificity[j]))
+
+
+def test_specific_latents_rank_by_share_as_the_findings_do():
+    """A rare latent with 90% of its activation on task b outranks a frequent one with 40%:
+    both the ranking and the findings' "most task-specific" line go by share, not firing."""
+    share = np.array([[0.6, 0.4], [0.1, 0.9], [0.6, 0.4], [0.7, 0.3], [0.45, 0.55]])
+    firing = np.array([[0.2, 0.15], [0.0, 0.02], [0.005, 0.3], [0.5, 0.2], [0.3, 0.3]])
+    m = ExpressionMatrix(["a", "b"], firing, share, share, np.arange(5))
+    by_hand = {
+        t: sorted(
+            (j for j in range(5) if share[j].argmax() == k and firing[j, k] >= 0.01),
+            key=lambda j: -share[j].max(),
+        )
+        for k, t in enumerate("ab")
+    }
+    assert by_hand == {"a": [3, 0], "b": [1, 4]}  # latent 2 fires too rarely on a
+    assert {t: m.specific_latents(t) for t in "ab"} == by_hand
+    line = m.findings()[1]
+    assert line.startswith("Most task-specific: latent 1 puts 90% of its activation on b (")
 
 
 def test_promoted_logits_are_the_last_layer_direct_effect(setup):

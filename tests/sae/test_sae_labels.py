@@ -12,7 +12,7 @@ import torch
 from gridlens.analysis.core import quiz_set
 from gridlens.models.checkpoints import load
 from gridlens.sae.features import FeatureActivations, latent_activations
-from gridlens.sae.labels import label_latents
+from gridlens.sae.labels import LabelResult, label_latents
 from gridlens.sae.model import SAEConfig, SparseAutoencoder
 
 RED = 1
@@ -105,3 +105,17 @@ def test_task_detector_and_conjunction(quizzes):
     best = labels.best(1, 3)
     assert best[0]["f1"] == pytest.approx(1.0)
     assert "contact & changes" in [b["label"] for b in best if b["f1"] == pytest.approx(1.0)]
+
+
+def test_table_keeps_the_order_it_is_given():
+    """A ranking passed in (e.g. the most task-specific latents) is not re-sorted by F1; with
+    no latents, every live latent is listed, best F1 first."""
+    f1 = np.array([[0.2, 0.1], [0.9, 0.3], [0.0, 0.0], [0.5, 0.6]], dtype=np.float32)
+    labels = LabelResult(["x", "y"], f1, f1, f1, np.array([4, 7, 0, 9]), 100)
+
+    def rows(text: str) -> list[tuple[int, str]]:
+        cells = [line.split(" | ") for line in text.splitlines()[2:]]
+        return [(int(c[0].strip("| ")), c[1]) for c in cells]
+
+    assert rows(labels.table([0, 3, 1])) == [(0, "x"), (3, "y"), (1, "x")]
+    assert rows(labels.table()) == [(1, "x"), (3, "y"), (0, "x")]  # latent 2 never fires
