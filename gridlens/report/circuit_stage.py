@@ -24,7 +24,9 @@ HOWTO = (
     "predicted grid) when the edge reads the corrupted run. The circuit keeps the {k} largest "
     "scores. Faithfulness: the share of the clean answer's log-probability (over the corrupted "
     "run's) kept when every edge outside the circuit reads the corrupted run (1: the model, "
-    "0: everything corrupted), for the top-k edges at several k."
+    "0: everything corrupted), for the top-k edges at several k. An edge carries the clean run "
+    "only along a chain of kept edges from the input to the logits, so a small circuit "
+    "without such a chain scores exactly 0."
 )
 
 
