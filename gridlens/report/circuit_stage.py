@@ -75,6 +75,8 @@ def plot_curve(curve: list[tuple[int, float]], title: str, path: str | Path | No
 
 
 def stage_circuit(run) -> Section:
+    """The Edge circuit section; its numbers go to ``results["edge_circuit"]``. Runs after the
+    claims stage, which picks the task (``run.study``)."""
     from gridlens.analysis.circuits import EdgeRun, find_circuit
 
     task = run.study.task
