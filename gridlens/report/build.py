@@ -22,6 +22,7 @@ import torch
 
 from gridlens.errors import ConfigError, GridlensError, unknown_name
 from gridlens.io import atomic_directory, atomic_write
+from gridlens.report.circuit_stage import stage_circuit
 from gridlens.report.findings import stage_claims, stage_findings, stage_neurons, stage_sae
 from gridlens.report.html import Figure, Page, Section, Table, Text
 
@@ -848,6 +849,7 @@ STAGES: list[tuple[str, Callable[[_Run], Section | None]]] = [
     ("generation", _stage_generation),
     ("probes", _stage_probes),
     ("claims", stage_claims),
+    ("edge circuit", stage_circuit),
     ("sae", stage_sae),
     ("neurons", stage_neurons),
     ("findings", stage_findings),

@@ -123,6 +123,7 @@ def test_report_json_holds_every_result(report):
         "generation_head",
         "probes_changes",
         "probes_roles",
+        "edge_circuit",
     ):
         assert key in results, key
     evaluation = results["evaluation"]
