@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from gridlens.errors import ConfigError
+from gridlens.groundtruth.shipped import SHIPPED
 from gridlens.io import OutputPath, save_or_rescue
 
 
@@ -25,8 +26,8 @@ def groundtruth() -> None:
     "--bench",
     default="parenthesis",
     show_default=True,
-    help="parenthesis, left_greater, duplicate_remover, unique_extractor, all4, or "
-    "tasks joined by '+'.",
+    help="parenthesis, left_greater, duplicate_remover, unique_extractor, histogram, reversal, "
+    "sort, modular_sum, all4, all8, or tasks joined by '+'.",
 )
 @click.option(
     "--subspaces", is_flag=True, help="Multi-task: each task gets its own slice of each shared MLP."
@@ -186,9 +187,9 @@ def train(
     "--run",
     "run_dir",
     required=True,
-    help="A `groundtruth train` output directory, or the name of a shipped model (parenthesis, "
-    "left_greater, duplicate_remover, unique_extractor, all4) where no folder of that name "
-    "exists.",
+    help="A `groundtruth train` output directory, or the name of a shipped model ("
+    + ", ".join(SHIPPED)
+    + ") where no folder of that name exists.",
 )
 @click.option(
     "--out",
@@ -311,9 +312,7 @@ def _eval_circuits(model, bench, test_tokens, out: Path) -> list[dict]:
 @groundtruth.command()
 @click.option(
     "--runs",
-    default=",".join(
-        ("parenthesis", "left_greater", "duplicate_remover", "unique_extractor", "all4")
-    ),
+    default=",".join(SHIPPED),
     show_default=True,
     help="Comma-separated `groundtruth train` folders or shipped model names.",
 )

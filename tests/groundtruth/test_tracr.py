@@ -4,6 +4,7 @@ optional extra (`pip install 'gridlens[tracr]'`); those tests are skipped withou
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -125,3 +126,18 @@ def test_compiling_with_tracr_matches_the_import():
     assembled, model = compile_program("reverse")
     row = ["BOS", "a", "b", "c", "c"]
     assert model.decode(model.tokens([row]))[0][1:] == assembled.apply(row).decoded[1:]
+
+
+def test_tracr_command_writes_its_scores(tmp_path):
+    from click.testing import CliRunner
+
+    from gridlens.groundtruth.commands import groundtruth
+
+    out = tmp_path / "s.json"
+    args = ["tracr", "--model", "frac_prevs", "--sae-steps", "20", "--json", str(out)]
+    result = CliRunner().invoke(groundtruth, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["format"] == "gridlens-tracr-scores" and data["circuit"]["recall_atp"] == 1.0
+    bad = CliRunner().invoke(groundtruth, ["tracr", "--model", "nope"])
+    assert bad.exit_code != 0 and "nope" in str(bad.exception)
