@@ -39,7 +39,8 @@ def test_init_continues_a_runs_weights_and_refuses_another_benchmark(tmp_path, c
     for (name, p), q in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
         assert (p - q).abs().max() < 1e-6, name  # one epoch at lr 1e-9 moves nothing
     fresh = iit.make_model(get_benchmark("left_greater", d_model=32, d_mlp=48), seed=0)
-    assert any((p - q).abs().max() > 1e-3 for p, q in zip(fresh.parameters(), second.parameters()))
+    pairs = zip(fresh.parameters(), second.parameters(), strict=True)
+    assert any((p - q).abs().max() > 1e-3 for p, q in pairs)
     try:
         main(["groundtruth", "train", "--bench", "left_greater", "--out", str(tmp_path / "c"),
               "--init", str(tmp_path / "a")])  # fmt: skip
