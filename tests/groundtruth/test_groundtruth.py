@@ -631,3 +631,12 @@ def test_extra_epochs_keep_the_passing_epoch_with_the_largest_margin(tmp_path):
     assert iit.evaluate(model, b, val)["margin"] == pytest.approx(max(margins), abs=1e-5)
     _, again = iit.train(b, cfg, checkpoint=tmp_path / "ck")  # resumed: nothing left to run
     assert again.best_epoch == res.best_epoch and len(again.history) == 4
+
+
+def test_consider_keeps_the_largest_margin_not_the_latest():
+    res, model = iit.TrainResult(), torch.nn.Linear(1, 1)
+    for epoch, margin in enumerate([1.0, 3.0, 2.0, -1.0], start=1):
+        torch.nn.init.constant_(model.weight, float(epoch))
+        res.history.append({"epoch": epoch, "margin": margin})
+        res.consider(epoch, res.history[-1], model)
+    assert res.best_epoch == 2 and float(res.best_state["weight"]) == 2.0
