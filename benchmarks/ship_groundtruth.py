@@ -76,6 +76,7 @@ _FLAGS = {
     "extra_epochs": "--extra-epochs",
     "lr": "--lr",
     "lr_end": "--lr-end",
+    "seed": "--seed",
 }
 
 
@@ -88,12 +89,22 @@ def _flags(meta: dict) -> str:
 
 
 def _previous_training(init: str | None) -> dict | None:
-    """The card's training record of the shipped model a run started from (before re-shipping)."""
-    card = SHIPPED_DIR / str(init) / "card.json"
-    if not init or not card.is_file():
+    """How the run's --init model was trained: a shipped model's card (read before
+    re-shipping), or a run folder's command and the CPU time of its RUN.log."""
+    if not init:
         return None
-    previous = json.loads(card.read_text())
-    return {"command": previous["command"], **previous["training"]}
+    card, run = SHIPPED_DIR / init / "card.json", Path(init)
+    if card.is_file():
+        previous = json.loads(card.read_text())
+        return {"command": previous["command"], **previous["training"]}
+    meta = json.loads((run / "run.json").read_text())
+    log = run.with_suffix(".log").read_text()
+    command = (
+        f"OMP_NUM_THREADS=1 gridlens groundtruth train --bench {meta['benchmark']} --out "
+        f"{run} --threads 1" + _flags(meta)
+    )
+    cpu = time_v(log, "User time (seconds)") + time_v(log, "System time (seconds)")
+    return {"command": command, "cpu_seconds": cpu}
 
 
 def main() -> None:
