@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from gridlens.errors import ConfigError
+from gridlens.groundtruth.shipped import SHIPPED
 from gridlens.io import OutputPath, save_or_rescue
 from gridlens.progress import Stages
 
@@ -24,8 +25,8 @@ def groundtruth() -> None:
     "--bench",
     default="parenthesis",
     show_default=True,
-    help="parenthesis, left_greater, duplicate_remover, unique_extractor, all4, or "
-    "tasks joined by '+'.",
+    help="parenthesis, left_greater, duplicate_remover, unique_extractor, histogram, reversal, "
+    "sort, modular_sum, all4, all8, or tasks joined by '+'.",
 )
 @click.option(
     "--subspaces", is_flag=True, help="Multi-task: each task gets its own slice of each shared MLP."
@@ -35,6 +36,13 @@ def groundtruth() -> None:
 @click.option("--d-mlp", type=int, default=None, help="MLP width (default 128; 4-task 256).")
 @click.option("--max-epochs", default=200, show_default=True)
 @click.option("--eval-every", default=1, show_default=True)
+@click.option(
+    "--extra-epochs",
+    default=0,
+    show_default=True,
+    help="Keep training this many epochs after first meeting the thresholds; keep the passing "
+    "evaluation with the largest logit margin.",
+)
 @click.option("--batch-size", default=256, show_default=True)
 @click.option("--n-train", default=5632, show_default=True, help="Training inputs per task.")
 @click.option("--n-val", default=2000, show_default=True, help="Validation inputs per task.")
@@ -65,6 +73,12 @@ def groundtruth() -> None:
     help="Differentiate the IIT and strict losses through the source activations too (the "
     "gradient of the interchange objective), or treat them as a detached cache.",
 )
+@click.option(
+    "--init",
+    default=None,
+    help="Start from this run's weights (a `groundtruth train` folder or a shipped model's "
+    "name) instead of a fresh model; the benchmark must be the same.",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", default=0, show_default=True, help="torch threads (0: default).")
 @click.option(
@@ -81,6 +95,7 @@ def train(
     d_mlp,
     max_epochs,
     eval_every,
+    extra_epochs,
     batch_size,
     n_train,
     n_val,
@@ -92,6 +107,7 @@ def train(
     informative,
     candidates,
     source_grad,
+    init,
     seed,
     threads,
     resume,
@@ -119,6 +135,7 @@ def train(
         candidates=candidates,
         source_grad=source_grad,
         eval_every=eval_every,
+        extra_epochs=extra_epochs,
         seed=seed,
         threads=threads,
     )
@@ -136,23 +153,24 @@ def train(
             click.echo(
                 f"epoch {row['epoch']:4d}  {row['epoch_seconds']:.2f}s  loss "
                 f"{row['loss_total']:.4f}  acc {row['accuracy']:.5f}  iia "
-                f"{row['iia']:.5f}  siia {row['siia']:.5f}"
+                f"{row['iia']:.5f}  siia {row['siia']:.5f}  margin {row['margin']:.3f}"
             )
 
+    start = _init_model(init, b) if init else None
     model, result = run_train(
-        b, cfg, progress=progress, checkpoint=out / "checkpoint" if resume else None
+        b, cfg, model=start, progress=progress, checkpoint=out / "checkpoint" if resume else None
     )
 
     def write(place) -> None:
         folder = place(out)
-        save_run(folder, model, b, cfg, result, subspaces, bench, widths)
+        save_run(folder, model, b, cfg, result, subspaces, bench, widths, init)
         training_curves(result.history, folder / "training.png", b.name)
 
     save_or_rescue(write, "trained model and its metrics")
     f = result.final
     status = (
         f"reached the thresholds at epoch {result.reached_epoch} after "
-        f"{result.reached_seconds:.1f}s of training"
+        f"{result.reached_seconds:.1f}s of training, kept epoch {result.best_epoch}"
         if result.reached_epoch
         else "did NOT reach the thresholds"
     )
@@ -168,9 +186,9 @@ def train(
     "--run",
     "run_dir",
     required=True,
-    help="A `groundtruth train` output directory, or the name of a shipped model (parenthesis, "
-    "left_greater, duplicate_remover, unique_extractor, all4) where no folder of that name "
-    "exists.",
+    help="A `groundtruth train` output directory, or the name of a shipped model ("
+    + ", ".join(SHIPPED)
+    + ") where no folder of that name exists.",
 )
 @click.option(
     "--out",
@@ -357,9 +375,7 @@ def _eval_circuits(model, bench, test_tokens, out: Path) -> list[dict]:
 @groundtruth.command()
 @click.option(
     "--runs",
-    default=",".join(
-        ("parenthesis", "left_greater", "duplicate_remover", "unique_extractor", "all4")
-    ),
+    default=",".join(SHIPPED),
     show_default=True,
     help="Comma-separated `groundtruth train` folders or shipped model names.",
 )
@@ -445,6 +461,52 @@ def score(runs, sites, train_saes, saes, n_per_task, sae_steps, sae_k, seed, thr
         f"{len(board['rows'])} methods x {len(board['columns'])} variables in "
         f"{board['seconds']:.0f} s; wrote {', '.join(str(p) for p in paths.values())}"
     )
+
+
+def _init_model(init: str, bench):
+    """The weights of run ``init`` (folder or shipped name), checked to fit ``bench``."""
+    from gridlens.groundtruth.iit import load_run
+    from gridlens.groundtruth.shipped import resolve_run
+
+    model, other, _ = load_run(resolve_run(init)[0])
+    if other.describe() != bench.describe():
+        raise ConfigError(f"--init {init}: benchmark {other.name!r} differs from {bench.name!r}")
+    model.train()
+    return model
+
+
+@groundtruth.command("tracr")
+@click.option("--model", "name", default="hist", show_default=True,
+              help="A shipped tracr program (reverse, hist, sort_unique, frac_prevs) or a folder "
+              "written by save_tracr.")  # fmt: skip
+@click.option("--json", "json_path", type=OutputPath("file"), default=None)
+@click.option("--sae-steps", default=1000, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def tracr_(name, json_path, sae_steps, seed) -> None:
+    """Score circuit discovery and an SAE on a tracr-compiled model (exact ground truth)."""
+    import torch
+
+    from gridlens.groundtruth.iit import _jsonable
+    from gridlens.groundtruth.tracr_models import load_tracr, resolve_tracr
+    from gridlens.groundtruth.tracr_scoring import all_inputs, circuit_scores, sae_scores
+    from gridlens.io import atomic_write
+
+    model, _ = load_tracr(resolve_tracr(name))
+    tokens = all_inputs(model)
+    torch.manual_seed(seed)
+    report = {"format": "gridlens-tracr-scores", "version": 1, "model": str(name)}
+    report["circuit"] = c = circuit_scores(model, tokens)
+    report["sae"] = s = sae_scores(model, tokens, steps=sae_steps, seed=seed)
+    click.echo(
+        f"{name}: {len(tokens)} inputs; circuit ROC AUC / recall: activation patching "
+        f"{c['auc_activation_patching']:.3f} / {c['recall_activation_patching']:.2f}, AtP "
+        f"{c['auc_atp']:.3f} / {c['recall_atp']:.2f}; SAE on the last residual: "
+        f"{s['features']} features, best-latent F1 {s['mean_best_f1']:.3f}, max cosine "
+        f"{s['mean_max_cosine']:.3f}, FVU {s['fvu']:.3f}"
+    )
+    if json_path:
+        text = json.dumps(_jsonable(report), indent=1) + "\n"
+        atomic_write(Path(json_path), lambda handle: handle.write(text.encode()))
 
 
 def _floats(text: str, n: int, what: str) -> list[float]:

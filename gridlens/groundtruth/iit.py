@@ -137,6 +137,7 @@ class TrainConfig:
     threshold_iia: float = 0.993
     threshold_siia: float = 0.9995
     eval_every: int = 1
+    extra_epochs: int = 0  # keep training this long after first meeting the thresholds
     seed: int = 0
     threads: int = 0  # 0: torch's default
 
@@ -168,8 +169,8 @@ class TrainConfig:
         weights = (self.weight_behaviour, self.weight_iit, self.weight_strict)
         if not all(math.isfinite(w) and w >= 0 for w in weights):
             raise ConfigError(f"loss weights must be finite and >= 0, got {weights}")
-        if self.seed < 0 or self.threads < 0:
-            raise ConfigError("seed and threads must be >= 0")
+        if self.seed < 0 or self.threads < 0 or self.extra_epochs < 0:
+            raise ConfigError("seed, threads and extra_epochs must be >= 0")
 
 
 @dataclass
@@ -395,6 +396,19 @@ def _acc(
     return total, per
 
 
+def min_margin(logits: torch.Tensor, target: torch.Tensor) -> float:
+    """The smallest (true-class logit - best other logit) over labelled positions: negative
+    iff some label is wrong. Why: accuracy 1.0 on a validation set says nothing about how close
+    the model is to the errors a fresh draw finds; the margin does."""
+    valid = target >= 0
+    if not bool(valid.any()):
+        return float("inf")
+    logits, target = logits[valid], target[valid]
+    true = logits.gather(-1, target[:, None])[:, 0]
+    other = logits.scatter(-1, target[:, None], float("-inf")).amax(-1)
+    return float((true - other).min())
+
+
 @torch.no_grad()
 def evaluate(
     model,
@@ -446,8 +460,10 @@ def evaluate(
     def score(logits: torch.Tensor, target: torch.Tensor) -> tuple[float, list[float]]:
         return _acc(logits, target, task_ids, n_tasks)
 
-    acc, acc_per = score(torch.cat(clean_parts), labels)
+    clean = torch.cat(clean_parts)
+    acc, acc_per = score(clean, labels)
     out: dict = {"accuracy": acc, "accuracy_per_task": dict(zip(task_names, acc_per, strict=True))}
+    out["margin"] = min_margin(clean, labels)
     iia_nodes, iia_per_task = {}, np.zeros(n_tasks)
     for i, node in enumerate(bench.nodes):
         node_masks = [torch.full((n,), j == i) for j in range(len(bench.nodes))]
@@ -497,6 +513,18 @@ class TrainResult:
     reached_seconds: float | None = None
     seconds_per_epoch: float = 0.0
     final: dict = field(default_factory=dict)
+    best_epoch: int | None = None  # the kept epoch (the largest margin among those that pass)
+    best_state: dict | None = field(default=None, repr=False)
+
+    def consider(self, epoch: int, metrics: Mapping, model) -> None:
+        """Keep ``model``'s weights if this evaluation passes and has the largest margin yet."""
+        best = self.history[self.best_epoch - 1] if self.best_epoch else None
+        if best is None or metrics["margin"] > best.get("margin", float("-inf")):
+            self.best_epoch = epoch
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def finished(self, epoch: int, cfg: TrainConfig) -> bool:
+        return self.reached_epoch is not None and epoch >= self.reached_epoch + cfg.extra_epochs
 
 
 def make_model(bench: Benchmark, seed: int = 0):
@@ -536,7 +564,8 @@ def train(
     checkpoint: Path | None = None,
     evaluate_last: bool = True,
 ) -> tuple[object, TrainResult]:
-    """Train with SIIT until the validation thresholds are reached or ``max_epochs``.
+    """Train with SIIT until the validation thresholds are reached (then ``extra_epochs``
+    more, keeping the passing evaluation with the largest margin) or ``max_epochs``.
 
     Data: ``n_train_per_task`` training and ``n_val_per_task`` validation inputs per task from
     seeded generators; sources are a fresh random permutation of each batch. With
@@ -575,11 +604,12 @@ def train(
             raise CheckpointError(f"{checkpoint}/train_state.pt: bad generator state") from error
         result.history = state["history"]
         start_epoch, elapsed = state["epoch"], state["elapsed"]
-        if state.get("reached_epoch") is not None:
-            result.reached_epoch = state["reached_epoch"]
-            result.reached_seconds = state["reached_seconds"]
-            result.final = result.history[-1]
-            return model, result
+        result.reached_epoch = state.get("reached_epoch")
+        result.reached_seconds = state.get("reached_seconds")
+        result.best_epoch = state.get("best_epoch", result.reached_epoch)
+        result.best_state = state.get("best_model", state["model"] if result.best_epoch else None)
+        if result.finished(start_epoch, cfg):
+            return _keep_best(model, result)
     weights = (cfg.weight_behaviour, cfg.weight_iit, cfg.weight_strict)
     train_seconds = 0.0
     epochs_run = 0
@@ -634,11 +664,14 @@ def train(
             metrics = evaluate(model, bench, val_tokens)
             row.update(metrics)
             row["eval_seconds"] = time.perf_counter() - t1
-            done = reached(metrics, cfg)
-            if done:
-                result.reached_epoch = epoch + 1
-                result.reached_seconds = elapsed
-        result.history.append(row)
+            result.history.append(row)
+            if reached(metrics, cfg):
+                if result.reached_epoch is None:
+                    result.reached_epoch, result.reached_seconds = epoch + 1, elapsed
+                result.consider(epoch + 1, metrics, model)
+        else:
+            result.history.append(row)
+        done = result.finished(epoch + 1, cfg)
         if progress:
             progress(row)
         if checkpoint is not None and "accuracy" in row:
@@ -653,12 +686,24 @@ def train(
                     "elapsed": elapsed,
                     "reached_epoch": result.reached_epoch,
                     "reached_seconds": result.reached_seconds,
+                    "best_epoch": result.best_epoch,
+                    "best_model": result.best_state,
                 },
             )
         if done:
             break
     result.seconds_per_epoch = train_seconds / max(1, epochs_run)
-    result.final = next((r for r in reversed(result.history) if "accuracy" in r), {})
+    return _keep_best(model, result)
+
+
+def _keep_best(model, result: TrainResult) -> tuple[object, TrainResult]:
+    """Load the kept epoch's weights (if any epoch passed); ``final`` is its evaluation, else
+    the last one."""
+    if result.best_epoch is not None:
+        model.load_state_dict(result.best_state)
+        result.final = result.history[result.best_epoch - 1]
+    else:
+        result.final = next((r for r in reversed(result.history) if "accuracy" in r), {})
     return model, result
 
 
@@ -674,6 +719,7 @@ def save_run(
     subspaces: bool,
     benchmark_name: str,
     model_overrides: dict[str, int] | None = None,
+    init: str | None = None,
 ) -> None:
     blob = seal_safetensors({k: v.contiguous() for k, v in model.state_dict().items()})
     atomic_write(path / "model.safetensors", lambda handle: handle.write(blob))
@@ -682,6 +728,7 @@ def save_run(
         "benchmark": benchmark_name,
         "subspaces": subspaces,
         "model_overrides": model_overrides or {},
+        "init": init,
         "config": bench.config.to_dict(),
         "train": asdict(cfg),
         "describe": bench.describe(),
@@ -691,6 +738,7 @@ def save_run(
     summary = {
         "reached_epoch": result.reached_epoch,
         "reached_seconds": result.reached_seconds,
+        "kept_epoch": result.best_epoch,
         "seconds_per_epoch": result.seconds_per_epoch,
         "final": result.final,
     }

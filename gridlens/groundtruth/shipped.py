@@ -17,7 +17,17 @@ from pathlib import Path
 from gridlens.errors import CheckpointError
 
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "data" / "groundtruth"
-SHIPPED = ("parenthesis", "left_greater", "duplicate_remover", "unique_extractor", "all4")
+SHIPPED = (
+    "parenthesis",
+    "left_greater",
+    "duplicate_remover",
+    "unique_extractor",
+    "all4",
+    "histogram",
+    "reversal",
+    "sort",
+    "modular_sum",
+)
 RUN_FILES = ("run.json", "model.safetensors")
 CARD_FORMAT = "gridlens-groundtruth-card"
 THRESHOLDS = {"accuracy": 1.0, "iia": 0.993, "siia": 0.9995}
@@ -73,6 +83,25 @@ def ship(run_dir: Path, dest: Path, card: dict) -> dict:
     return card
 
 
+def _kept(train: dict) -> str:
+    kept = train.get("kept_epoch")
+    if kept is None or kept == train["reached_epoch"] or train.get("init"):
+        return ""
+    return f" (kept: epoch {kept}, the passing one with the largest logit margin)"
+
+
+def _init_line(train: dict) -> str:
+    """How the run continued another model, where it did (kept epoch, earlier training)."""
+    if not train.get("init"):
+        return ""
+    first = train.get("init_training") or {}
+    return (
+        f" It continued the weights of `{train['init']}` (trained with `{first.get('command')}`, "
+        f"{first.get('cpu_seconds', 0):.0f} s of CPU) and kept epoch {train.get('kept_epoch')}, "
+        "the passing evaluation with the largest logit margin."
+    )
+
+
 def card_markdown(card: dict) -> str:
     fresh, train = card["fresh"], card["training"]
     lines = [
@@ -87,8 +116,9 @@ def card_markdown(card: dict) -> str:
         f"(thresholds 1.0 / 0.993 / 0.9995: {'met' if card['passes'] else 'NOT met'}).",
         "",
         f"Trained with `{card['command']}`: thresholds reached on the validation set at epoch "
-        f"{train['reached_epoch']}, {train['training_seconds']:.0f} s of training, "
-        f"{train['cpu_seconds']:.0f} s of CPU for the whole command ({train['machine']}).",
+        f"{train['reached_epoch']}{_kept(train)}, {train['training_seconds']:.0f} s of training, "
+        f"{train['cpu_seconds']:.0f} s of CPU for the whole command ({train['machine']})."
+        + _init_line(train),
         "",
         "| node | IIA on fresh inputs |",
         "| --- | --- |",

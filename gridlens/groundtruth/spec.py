@@ -358,10 +358,15 @@ _SINGLE: dict[str, dict[str, tuple]] = {
     "left_greater": {"elevation": ("head", 0), "greater": ("mlp", 0)},
     "duplicate_remover": {"prev": ("head", 0), "is_dup": ("mlp", 0), "out": ("mlp", 1)},
     "unique_extractor": {"seen": ("head", 0), "is_repeat": ("mlp", 0), "out": ("mlp", 1)},
+    "histogram": {"count": ("head", 0), "out": ("mlp", 0)},
+    "reversal": {"mirror": ("head", 0), "out": ("mlp", 0)},
+    "sort": {"n_a": ("head", 0), "n_ab": ("head", 0), "out": ("mlp", 0)},
+    "modular_sum": {"prev": ("head", 0), "out": ("mlp", 0)},
 }
 
 SINGLE_MODEL = {"d_model": 64, "n_layers": 2, "n_heads": 4, "d_head": 16, "d_mlp": 128}
 MULTI_MODEL = {"d_model": 128, "n_layers": 2, "n_heads": 4, "d_head": 16, "d_mlp": 256}
+ALL8_MODEL = {**MULTI_MODEL, "n_heads": 8, "d_mlp": 512}  # eight layer-0 heads, one per task
 
 
 def single_benchmark(name: str, n_ctx: int = 15, **model: int) -> Benchmark:
@@ -415,16 +420,19 @@ def combined_benchmark(
 
 
 ALL_TASKS = ("parenthesis", "left_greater", "duplicate_remover", "unique_extractor")
+ALL8_TASKS = (*ALL_TASKS, "histogram", "reversal", "sort", "modular_sum")
 
 
 def get_benchmark(name: str, subspaces: bool = False, **model: int) -> Benchmark:
-    """``parenthesis`` etc. for one task, ``all4`` for the 4-task model, or ``a+b`` tasks;
-    ``model`` overrides the low-level model's shape (e.g. d_model=128, d_mlp=256)."""
+    """``parenthesis`` etc. for one task, ``all4`` / ``all8`` for the 4- and 8-task models, or
+    ``a+b`` tasks; ``model`` overrides the low-level model's shape (e.g. d_model=128)."""
     if name == "all4":
         return combined_benchmark(ALL_TASKS, subspaces=subspaces, **model)
+    if name == "all8":
+        return combined_benchmark(ALL8_TASKS, subspaces=subspaces, **{**ALL8_MODEL, **model})
     parts = name.split("+")
     if len(parts) > 1:
         return combined_benchmark(parts, subspaces=subspaces, **model)
     if name not in _SINGLE:
-        raise unknown_name("benchmark", name, [*_SINGLE, "all4", "<task>+<task>..."])
+        raise unknown_name("benchmark", name, [*_SINGLE, "all4", "all8", "<task>+<task>..."])
     return single_benchmark(name, **model)

@@ -18,6 +18,18 @@ The four tasks (after Anders & Garriga-Alonso 2024):
   equals the previous one, else the token). Uniform random strings over a, b, c.
 - ``unique_extractor``: ``seen`` (set of tokens seen before, as a 3-bit mask) -> ``is_repeat``
   -> ``out`` (PAD if already seen, else the token).
+
+Four more, after the RASP programs behind InterpBench (hist, reverse, sort) and a modular sum; all
+are causal, so a task that needs a whole input reads the first half and answers in the second:
+
+- ``histogram``: ``count`` (occurrences of this token so far, itself included) -> ``out``
+  (1, 2, 3 or 4+). Uniform strings over a, b, c.
+- ``reversal``: ``mirror`` (the token at the mirrored position ``n - p`` when that is earlier,
+  else none) -> ``out`` (a copy of it). Uniform strings over a, b, c.
+- ``sort``: ``n_a``, ``n_ab`` (how many of the first half's tokens are a, and a or b) -> ``out``:
+  rank k of the second half gets the k-th smallest token of the first half (none elsewhere).
+- ``modular_sum``: ``prev`` (the previous digit, 0 after BOS) -> ``out`` = (digit + prev) mod 3.
+  Uniform strings over 0, 1, 2.
 """
 
 from __future__ import annotations
@@ -377,11 +389,96 @@ def unique_extractor_task(n_ctx: int = 15) -> Task:
     return Task("unique_extractor", ("a", "b", "c"), n_ctx, hl, _ABC_CLASSES, _uniform_generator(3))
 
 
+def histogram_task(n_ctx: int = 15) -> Task:
+    def count(d: dict[str, torch.Tensor]) -> torch.Tensor:
+        c = _token_class(d["tokens"])
+        same = (c[:, :, None] == c[:, None, :]) & (c[:, None, :] > 0)
+        return (same & _causal(c.shape[1])).sum(-1)
+
+    classes = ("1", "2", "3", "4+")
+    variables = [
+        Variable("count", (), count, n_ctx),
+        Variable("out", ("count",), lambda d: (d["count"].clamp(1, 4) - 1), 4, classes),
+    ]
+    hl = HighLevelModel("histogram", variables, "out", 4)
+    return Task("histogram", ("a", "b", "c"), n_ctx, hl, classes, _uniform_generator(3))
+
+
+def _causal(n: int) -> torch.Tensor:
+    """[n, n] mask of the positions j <= p each position p sees."""
+    return torch.ones(n, n, dtype=torch.bool).tril()
+
+
+def reversal_task(n_ctx: int = 15) -> Task:
+    def mirror(d: dict[str, torch.Tensor]) -> torch.Tensor:
+        c = _token_class(d["tokens"])
+        p = torch.arange(n_ctx)
+        src = (n_ctx - p).clamp(max=n_ctx - 1)  # content positions 1..n-1 mirrored
+        return torch.where(src < p, c[:, src], 0)
+
+    variables = [
+        Variable("mirror", (), mirror, 4, ("none", "a", "b", "c")),
+        Variable("out", ("mirror",), lambda d: d["mirror"], 4, _ABC_CLASSES),
+    ]
+    hl = HighLevelModel("reversal", variables, "out", 4)
+    return Task("reversal", ("a", "b", "c"), n_ctx, hl, _ABC_CLASSES, _uniform_generator(3))
+
+
+def sort_task(n_ctx: int = 15) -> Task:
+    half = (n_ctx - 1) // 2  # positions 1..half are sorted into half+1..2*half
+
+    def counts_of(classes: tuple[int, ...]) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+        def fn(d: dict[str, torch.Tensor]) -> torch.Tensor:
+            c = _token_class(d["tokens"])
+            hit = torch.zeros_like(c, dtype=torch.bool)
+            for k in classes:
+                hit |= c == k
+            hit[:, half + 1 :] = False
+            return hit.long().cumsum(1)
+
+        return fn
+
+    def out(d: dict[str, torch.Tensor]) -> torch.Tensor:
+        k = torch.arange(n_ctx) - half - 1  # rank answered at each position
+        val = torch.where(k < d["n_a"], 1, torch.where(k < d["n_ab"], 2, 3))
+        return torch.where((k >= 0) & (k < half), val, 0)
+
+    variables = [
+        Variable("n_a", (), counts_of((1,)), half + 1),
+        Variable("n_ab", (), counts_of((1, 2)), half + 1),
+        Variable("out", ("n_a", "n_ab"), out, 4, _ABC_CLASSES),
+    ]
+    hl = HighLevelModel("sort", variables, "out", 4)
+    return Task("sort", ("a", "b", "c"), n_ctx, hl, _ABC_CLASSES, _uniform_generator(3))
+
+
+def modular_sum_task(n_ctx: int = 15) -> Task:
+    digits = ("0", "1", "2")
+
+    def prev(d: dict[str, torch.Tensor]) -> torch.Tensor:
+        v = (_token_class(d["tokens"]) - 1).clamp(min=0)
+        return torch.cat([torch.zeros_like(v[:, :1]), v[:, :-1]], 1)
+
+    def out(d: dict[str, torch.Tensor]) -> torch.Tensor:
+        return ((_token_class(d["tokens"]) - 1).clamp(min=0) + d["prev"]) % 3
+
+    variables = [
+        Variable("prev", (), prev, 3, digits),
+        Variable("out", ("prev",), out, 3, digits),
+    ]
+    hl = HighLevelModel("modular_sum", variables, "out", 3)
+    return Task("modular_sum", digits, n_ctx, hl, digits, _uniform_generator(3))
+
+
 TASKS: dict[str, Callable[..., Task]] = {
     "parenthesis": parenthesis_task,
     "left_greater": left_greater_task,
     "duplicate_remover": duplicate_remover_task,
     "unique_extractor": unique_extractor_task,
+    "histogram": histogram_task,
+    "reversal": reversal_task,
+    "sort": sort_task,
+    "modular_sum": modular_sum_task,
 }
 
 

@@ -662,3 +662,35 @@ def test_none_and_whole_mlp_transforms_give_known_iia(tiny):
         assert iia["whole_mlp"] == pytest.approx(res["iia_per_node"][node.label])
         checked += 1
     assert checked == 1
+
+
+def test_min_margin_by_hand():
+    logits = torch.tensor([[[0.0, 0.0], [2.0, 0.5], [0.0, 3.0]]])
+    assert iit.min_margin(logits, torch.tensor([[-1, 0, 1]])) == pytest.approx(1.5)
+    assert iit.min_margin(logits, torch.tensor([[-1, 1, 1]])) == pytest.approx(-1.5)
+
+
+def test_extra_epochs_keep_the_passing_epoch_with_the_largest_margin(tmp_path):
+    b = single_benchmark("left_greater", n_ctx=6, **TINY)
+    easy = dict(threshold_accuracy=0.0, threshold_iia=0.0, threshold_siia=0.0)
+    small = dict(batch_size=32, n_train_per_task=64, n_val_per_task=32, max_epochs=20)
+    cfg = iit.TrainConfig(**small, **easy, extra_epochs=3)
+    model, res = iit.train(b, cfg, checkpoint=tmp_path / "ck")
+    assert res.reached_epoch == 1 and [r["epoch"] for r in res.history] == [1, 2, 3, 4]
+    margins = [r["margin"] for r in res.history]
+    assert res.best_epoch == 1 + int(np.argmax(margins)) and res.final["margin"] == max(margins)
+    rng = np.random.default_rng(cfg.seed)
+    b.generate(cfg.n_train_per_task, rng)
+    val, _ = b.generate(cfg.n_val_per_task, rng)
+    assert iit.evaluate(model, b, val)["margin"] == pytest.approx(max(margins), abs=1e-5)
+    _, again = iit.train(b, cfg, checkpoint=tmp_path / "ck")  # resumed: nothing left to run
+    assert again.best_epoch == res.best_epoch and len(again.history) == 4
+
+
+def test_consider_keeps_the_largest_margin_not_the_latest():
+    res, model = iit.TrainResult(), torch.nn.Linear(1, 1)
+    for epoch, margin in enumerate([1.0, 3.0, 2.0, -1.0], start=1):
+        torch.nn.init.constant_(model.weight, float(epoch))
+        res.history.append({"epoch": epoch, "margin": margin})
+        res.consider(epoch, res.history[-1], model)
+    assert res.best_epoch == 2 and float(res.best_state["weight"]) == 2.0
