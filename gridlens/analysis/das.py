@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import orthogonal
 
 from gridlens.errors import ConfigError
+from gridlens.models.hooks import read_site, write_site
 
 __all__ = ["DASFit", "Rotation", "subspace_interchange", "train_das"]
 
@@ -78,22 +79,6 @@ class DASFit:
     seconds: float = 0.0
 
 
-def _read(act: torch.Tensor, head: int | None) -> torch.Tensor:
-    if act.dim() == 3:
-        return act
-    return act[:, :, head] if head is not None else act.flatten(2)
-
-
-def _write(act: torch.Tensor, head: int | None, new: torch.Tensor) -> torch.Tensor:
-    if act.dim() == 3:
-        return new
-    if head is None:
-        return new.reshape(act.shape)
-    out = act.clone()
-    out[:, :, head] = new
-    return out
-
-
 def train_das(
     model,
     hook: str,
@@ -122,7 +107,7 @@ def train_das(
     t0 = time.perf_counter()
     with torch.no_grad():
         _, cache = model.run_with_cache(source, names=[hook])
-    src = _read(cache[hook], head)
+    src = read_site(cache[hook], head)
     rotation = Rotation(src.shape[-1], k, seed)
     opt = torch.optim.Adam(rotation.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
@@ -136,7 +121,7 @@ def train_das(
             s = src[rows]
 
             def swap(act, point, s=s):
-                return _write(act, head, rotation.interchange(_read(act, head), s))
+                return write_site(act, head, rotation.interchange(read_site(act, head), s))
 
             t = target[rows].reshape(-1)
             if not bool((t >= 0).any()):

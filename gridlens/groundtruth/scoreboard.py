@@ -36,12 +36,12 @@ from gridlens.groundtruth.scoring import (
     f1_matrix,
     linear_assignment,
     own_rows,
-    read_site,
     site_iia,
     train_probes,
     value_targets,
 )
 from gridlens.groundtruth.spec import Benchmark
+from gridlens.models.hooks import read_site
 
 SITE_KINDS = {
     "mlp": "blocks.{layer}.mlp.hook_post",

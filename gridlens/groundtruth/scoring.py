@@ -34,6 +34,7 @@ from gridlens.analysis.das import DASFit, train_das
 from gridlens.errors import ConfigError, unknown_name
 from gridlens.groundtruth.iit import _acc, patch_hooks, source_cache
 from gridlens.groundtruth.spec import Benchmark, Site, _mlp_group, all_component_sites
+from gridlens.models.hooks import read_site, write_site
 
 # ----------------------------------------------------------------------------- assignment
 
@@ -359,25 +360,6 @@ def site_iia(
         with torch.no_grad():
             logits = model.run_with_hooks(own, fwd_hooks=[(hook, fn)])
         out[name] = _acc(logits, target, bench.task_ids(own), len(bench.tasks))[0]
-    return out
-
-
-def read_site(act: torch.Tensor, head: int | None) -> torch.Tensor:
-    """[batch, pos, width] from a hook's activation: one head or all heads flattened for
-    per-head hooks ([batch, pos, head, d])."""
-    if act.dim() == 3:
-        return act
-    return act[:, :, head] if head is not None else act.flatten(2)
-
-
-def write_site(act: torch.Tensor, head: int | None, new: torch.Tensor) -> torch.Tensor:
-    """The hook's activation with :func:`read_site`'s view replaced by ``new``."""
-    if act.dim() == 3:
-        return new
-    if head is None:
-        return new.reshape(act.shape)
-    out = act.clone()
-    out[:, :, head] = new
     return out
 
 

@@ -141,3 +141,22 @@ class ActivationCache(Mapping[str, torch.Tensor]):
 
     def to(self, device: str | torch.device) -> ActivationCache:
         return ActivationCache({k: v.to(device) for k, v in self._data.items()}, self._known)
+
+
+def read_site(act: torch.Tensor, head: int | None) -> torch.Tensor:
+    """[batch, pos, width] from a hook's activation: one head or all heads flattened for
+    per-head hooks ([batch, pos, head, d])."""
+    if act.dim() == 3:
+        return act
+    return act[:, :, head] if head is not None else act.flatten(2)
+
+
+def write_site(act: torch.Tensor, head: int | None, new: torch.Tensor) -> torch.Tensor:
+    """The hook's activation with :func:`read_site`'s view replaced by ``new``."""
+    if act.dim() == 3:
+        return new
+    if head is None:
+        return new.reshape(act.shape)
+    out = act.clone()
+    out[:, :, head] = new
+    return out
