@@ -7,21 +7,16 @@ race with other programs for a free one."""
 
 from __future__ import annotations
 
-import datetime
-import os
-import time
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from gridlens.models.checkpoints import load
 from gridlens.sae.gated import build_sae
 from gridlens.sae.model import SAEConfig
 from gridlens.sae.train import SAETrainConfig, make_store, train_sae
 from gridlens.training.distributed import Dist
+from tests.gloo import join_group, spawn_two
 
-TIMEOUT_S = 300  # both processes together, generous for a loaded machine
 STOP_AT = 5
 SAE_CFG = SAEConfig(d_in=128, d_sae=64, architecture="topk", hook_name="blocks.1.hook_mlp_out", k=4)
 TRAIN_CFG = SAETrainConfig(
@@ -39,15 +34,7 @@ TRAIN_CFG = SAETrainConfig(
 
 
 def _worker(rank: int, world: int, rendezvous: str, out: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group(
-        "gloo",
-        init_method=f"file://{rendezvous}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=TIMEOUT_S),
-    )
+    join_group(rank, world, rendezvous)
     try:
         model = load("default")
         whole = train_sae(model, SAE_CFG, TRAIN_CFG, f"{out}/whole", progress=False)
@@ -57,17 +44,6 @@ def _worker(rank: int, world: int, rendezvous: str, out: str) -> None:
         torch.save(states, f"{out}/rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
-
-
-def _spawn(rendezvous: str, out: str) -> None:
-    """The two ranks, failing the test (not hanging it) past TIMEOUT_S."""
-    context = mp.spawn(_worker, args=(2, rendezvous, out), nprocs=2, join=False)
-    deadline = time.monotonic() + TIMEOUT_S
-    while not context.join(timeout=2):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"the two SAE training processes did not finish within {TIMEOUT_S} s")
 
 
 class SideBySide:
@@ -93,7 +69,7 @@ class SideBySide:
 
 @pytest.mark.slow
 def test_two_processes_equal_one_on_both_batches_and_resume_exactly(tmp_path):
-    _spawn(str(tmp_path / "rendezvous"), str(tmp_path))
+    spawn_two(_worker, str(tmp_path / "rendezvous"), str(tmp_path), "SAE training")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     for name, tensor in ranks[0]["whole"].items():
         assert torch.equal(tensor, ranks[1]["whole"][name]), name  # the replicas agree

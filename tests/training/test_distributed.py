@@ -6,35 +6,22 @@ so no race with other programs for it; the group and the join both have a deadli
 
 from __future__ import annotations
 
-import datetime
-import os
-import time
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from gridlens.models import GridGPT, load
 from gridlens.training import checkpoint as ckpt
 from gridlens.training.data import QuizStream, TestSet
 from gridlens.training.trainer import lr_at, make_optimizer, sequence_loss
+from tests.gloo import join_group, spawn_two
 from tests.training.conftest import tiny_config
 
 STEPS = 3
-TIMEOUT_S = 300  # both processes together, generous for a loaded machine
 
 
 def _worker(rank: int, world: int, rendezvous: str, out: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
-    torch.set_num_threads(1)
     # joined here, so the trainer's setup() finds the group ready (and its cleanup ends it)
-    torch.distributed.init_process_group(
-        "gloo",
-        init_method=f"file://{rendezvous}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=TIMEOUT_S),
-    )
+    join_group(rank, world, rendezvous)
     from gridlens.training.trainer import train
 
     summary = train(
@@ -43,17 +30,6 @@ def _worker(rank: int, world: int, rendezvous: str, out: str) -> None:
     # every rank ends with the same weights
     torch.save(summary["model"].state_dict(), f"{out}/rank{rank}.pt")
     assert summary["finished"]
-
-
-def _spawn(rendezvous: str, out: str) -> None:
-    """The two ranks, failing the test (not hanging it) past TIMEOUT_S."""
-    context = mp.spawn(_worker, args=(2, rendezvous, out), nprocs=2, join=False)
-    deadline = time.monotonic() + TIMEOUT_S
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"the two DDP processes did not finish within {TIMEOUT_S} s")
 
 
 @torch.no_grad()
@@ -91,7 +67,7 @@ def _one_process_reference(cfg) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 def test_ddp_gloo_two_processes(tmp_path):
     out = str(tmp_path / "ddp")
-    _spawn(str(tmp_path / "rendezvous"), out)
+    spawn_two(_worker, str(tmp_path / "rendezvous"), out, "DDP")
     state = ckpt.load_checkpoint(ckpt.latest_checkpoint(out))
     assert state["world_size"] == 2 and state["step"] == STEPS
     a = torch.load(f"{out}/rank0.pt", weights_only=True)
