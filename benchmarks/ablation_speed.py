@@ -16,26 +16,14 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import time
 
 import numpy as np
 import torch
+from timing import timed
 
 from gridlens.analysis.ablation import ablate, ablation_hooks
 from gridlens.analysis.core import grid_metrics, quiz_set
 from gridlens.models.checkpoints import load
-
-
-def timed(fn, repeats: int):
-    """(last result, median wall s, median CPU s) over `repeats` runs."""
-    walls, cpus = [], []
-    for _ in range(repeats):
-        wall, cpu = time.perf_counter(), time.process_time()
-        out = fn()
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
-    return out, statistics.median(walls), statistics.median(cpus)
 
 
 def one_at_a_time(model, quizzes, names, method):

@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 
 import torch
+from timing import timed
 
 from gridlens.analysis.attribution import attribution_patching, compare
 from gridlens.analysis.pairs import PAIR_KINDS, make_pairs
@@ -25,12 +25,6 @@ from gridlens.analysis.patching import activation_patching
 from gridlens.models.checkpoints import load
 
 NAN = float("nan")
-
-
-def timed(fn):
-    wall, cpu = time.perf_counter(), time.process_time()
-    out = fn()
-    return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def run_kind(model, kind: str, args) -> dict:

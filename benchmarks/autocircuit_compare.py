@@ -25,11 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 
 import numpy as np
 import torch
+from timing import timed
 
 from gridlens.analysis.circuits import EdgeProblem, EdgeRun, acdc, default_thresholds, eap, eap_ig
 from gridlens.groundtruth.edges import gt_problem, pair_index, pair_max, true_pairs
@@ -37,18 +36,6 @@ from gridlens.groundtruth.iit import load_run
 from gridlens.groundtruth.scoring import roc_auc
 from gridlens.groundtruth.shipped import resolve_run
 from gridlens.models.transformer_lens import to_transformer_lens
-
-
-def timed(fn, repeats: int = 1):
-    """(result of the first call, median wall s, median CPU s)."""
-    out, walls, cpus = None, [], []
-    for _ in range(repeats):
-        wall, cpu = time.perf_counter(), time.process_time()
-        result = fn()
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
-        out = result if out is None else out
-    return out, statistics.median(walls), statistics.median(cpus)
 
 
 def last_position(problem: EdgeProblem) -> EdgeProblem:

@@ -18,10 +18,10 @@ import argparse
 import json
 import platform
 import statistics
-import time
 
 import numpy as np
 import torch
+from timing import timed
 
 from gridlens.analysis.circuits import EdgeRun, acdc, default_thresholds, eap, eap_ig
 from gridlens.analysis.circuits.culture import culture_problem
@@ -36,12 +36,6 @@ from gridlens.groundtruth.iit import load_run
 from gridlens.groundtruth.scoring import roc_auc
 from gridlens.groundtruth.shipped import resolve_run
 from gridlens.models import load
-
-
-def timed(fn):
-    wall, cpu = time.perf_counter(), time.process_time()
-    out = fn()
-    return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def acdc_scores(run: EdgeRun, thresholds: list[float]) -> torch.Tensor:
@@ -68,14 +62,9 @@ def all4(args) -> list[dict]:
             ("eap_ig", lambda r=run: eap_ig(r, "logit_diff")),
             ("acdc", lambda r=run, t=sweep: acdc_scores(r, t)),
         ):
-            times = [timed(fn) for _ in range(1 if name == "acdc" else args.repeats)]
-            scores = times[0][0]
+            scores, wall, cpu = timed(fn, 1 if name == "acdc" else args.repeats)
             per_pair = pair_max(scores, index, len(pairs)).numpy()[scored]
-            row[name] = {
-                "wall_s": statistics.median(t[1] for t in times),
-                "cpu_s": statistics.median(t[2] for t in times),
-                "auc": roc_auc(per_pair, labels),
-            }
+            row[name] = {"wall_s": wall, "cpu_s": cpu, "auc": roc_auc(per_pair, labels)}
         rows.append(row)
         print(json.dumps(row))
     return rows

@@ -16,10 +16,10 @@ import argparse
 import json
 import os
 import platform
-import time
 
 import numpy as np
 import torch
+from timing import timed
 
 from gridlens.groundtruth.iit import load_run
 from gridlens.groundtruth.scoring import (
@@ -29,13 +29,6 @@ from gridlens.groundtruth.scoring import (
     variable_subspaces,
 )
 from gridlens.groundtruth.shipped import SHIPPED, resolve_run
-
-
-def timed(fn, *args, **kwargs):
-    """(result, wall s, process CPU s) of one call."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def measure(name: str, n_per_task: int, das_steps: int, das_dims, seed: int) -> list[dict]:
@@ -49,9 +42,11 @@ def measure(name: str, n_per_task: int, das_steps: int, das_dims, seed: int) -> 
         if not mlp_variables(bench, layer):
             continue
         args = (model, bench, layer, fit_tokens)
-        means, means_wall, means_cpu = timed(variable_subspaces, *args, "class_means", seed=seed)
+        means, means_wall, means_cpu = timed(
+            lambda a=args: variable_subspaces(*a, "class_means", seed=seed)
+        )
         das, das_wall, das_cpu = timed(
-            variable_subspaces, *args, "das", das_steps, seed, das_dims=das_dims
+            lambda a=args: variable_subspaces(*a, "das", das_steps, seed, das_dims=das_dims)
         )
         for var in means:
             q_means, q_das = means[var]["class_means"][0], das[var]["das"][0]

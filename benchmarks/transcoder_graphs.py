@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
 import time
 from types import SimpleNamespace
 
 import torch
+from timing import timed
 
 from gridlens.models.checkpoints import load
 from gridlens.sae.activations import collect
@@ -41,17 +41,6 @@ from gridlens.world import generate
 
 def clocks():
     return time.process_time(), time.perf_counter()
-
-
-def timed(step, repeats: int) -> tuple[float, float]:
-    cpu, wall = [], []
-    for _ in range(repeats):
-        c0, w0 = clocks()
-        step()
-        c1, w1 = clocks()
-        cpu.append(c1 - c0)
-        wall.append(w1 - w0)
-    return statistics.median(cpu), statistics.median(wall)
 
 
 def dense_step(tc: Transcoder, optimizer, x, y, k: int) -> None:
@@ -96,7 +85,8 @@ def part_step(args) -> None:
                 train_step(module, opt, by, train)
 
         timed(step, 3)  # warm-up
-        results[name] = timed(step, args.repeats)
+        _, wall, cpu = timed(step, args.repeats)
+        results[name] = (cpu, wall)
     base = results["dense transcoder"]
     for name, (cpu, wall) in results.items():
         print(f"{name:18s} cpu {1e3 * cpu:7.1f} ms  wall {1e3 * wall:7.1f} ms  speed-up vs "
