@@ -217,7 +217,8 @@ def cache_command(
     from gridlens.models.checkpoints import load
     from gridlens.sae.activations import site_width
     from gridlens.sae.cache import write_cache
-    from gridlens.sae.train import _resolve_device, make_store
+    from gridlens.sae.train import make_store
+    from gridlens.training.trainer import resolve_device
 
     if rows < 1 or (shard_rows is not None and shard_rows < 1):
         raise ConfigError(f"--rows and --shard-rows must be >= 1, got {rows}, {shard_rows}")
@@ -226,7 +227,7 @@ def cache_command(
     sae_fields, train_cfg, sae_config_cls = _build_configs(
         preset, None, {"hook_name": site}, options
     )
-    device = _resolve_device(train_cfg.device)
+    device = resolve_device(train_cfg.device)
     model = load(model_path).to(device)
     sae_fields["d_in"] = site_width(model, sae_fields["hook_name"])
     store = make_store(model, sae_config_cls.from_dict(sae_fields), train_cfg, device)

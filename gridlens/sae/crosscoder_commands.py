@@ -144,7 +144,7 @@ def crosscoder(
         PairedStream,
         train_crosscoder,
     )
-    from gridlens.sae.train import _resolve_device as resolve_device
+    from gridlens.training.trainer import resolve_device
 
     device = resolve_device(device)
     pairs, sources, grid, tasks = _sources(models, population, sites, (height, width), tasks,

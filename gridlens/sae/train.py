@@ -56,6 +56,7 @@ from gridlens.sae.transcoder import Transcoder, TranscoderConfig, fold_transcode
 from gridlens.sae.transcoder_io import save_transcoder
 from gridlens.training import checkpoint as ckpt
 from gridlens.training import distributed as dd
+from gridlens.training.trainer import resolve_device
 
 LOG_FILE = "log.jsonl"
 TRAINING_FILE = "training.json"
@@ -412,18 +413,6 @@ def fold_scale(sae: SparseAutoencoder, scale: float) -> SparseAutoencoder:
     return sae
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ConfigError(f"device {name!r}: {error}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for but CUDA is not available")
-    return device
-
-
 def _autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
@@ -744,7 +733,7 @@ def start_run(
 ) -> SAERun:
     """A run ready for its first (or next) step: the process group joined under torchrun, the
     model checked, the store built, and the state resumed or initialised from the data."""
-    device = _resolve_device(train_cfg.device)
+    device = resolve_device(train_cfg.device, dd.env_world().local_rank)
     if model is None and store is None and train_cfg.cache is None:
         raise ConfigError(
             "train_sae needs a model (to stream activations from), a store or a cache"
