@@ -31,7 +31,7 @@ def time_v(log: str, field: str) -> float:
     return float(re.search(rf"{re.escape(field)}: ([\d.]+)", log).group(1))
 
 
-def card_for(run: Path, n_per_task: int, seed: int) -> dict:
+def card_for(run: Path, n_per_task: int, seed: int, machine: str = MACHINE) -> dict:
     model, bench, meta = load_run(run)
     summary = json.loads((run / "summary.json").read_text())
     history = json.loads((run / "history.json").read_text())
@@ -41,9 +41,10 @@ def card_for(run: Path, n_per_task: int, seed: int) -> dict:
     m = evaluate(model, bench, tokens)
     keys = ("accuracy", "iia", "siia", "iia_per_node", "siia_per_node", "siia_all_unused")
     fresh = {"seed": seed, "n_per_task": n_per_task, **{k: m[k] for k in keys}}
+    threads = meta["train"].get("threads") or 1
     command = (
-        f"OMP_NUM_THREADS=1 gridlens groundtruth train --bench {meta['benchmark']} --out "
-        f"runs/gt/{run.name} --threads 1" + _flags(meta)
+        f"OMP_NUM_THREADS={threads} gridlens groundtruth train --bench {meta['benchmark']} --out "
+        f"runs/gt/{run.name} --threads {threads}" + _flags(meta)
     )
     return {
         "name": run.name,
@@ -61,7 +62,7 @@ def card_for(run: Path, n_per_task: int, seed: int) -> dict:
             "seconds_per_epoch": summary["seconds_per_epoch"],
             "cpu_seconds": time_v(log, "User time (seconds)")
             + time_v(log, "System time (seconds)"),
-            "machine": MACHINE,
+            "machine": machine,
             "config": meta["train"],
             "kept_epoch": summary.get("kept_epoch"),
             "init": meta.get("init"),
@@ -112,9 +113,10 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--n-per-task", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=20250)
+    parser.add_argument("--machine", default=MACHINE, help="how the runs were trained")
     args = parser.parse_args()
     for run in args.runs:
-        card = _jsonable(card_for(run, args.n_per_task, args.seed))
+        card = _jsonable(card_for(run, args.n_per_task, args.seed, args.machine))
         f = card["fresh"]
         print(
             f"{run.name}: fresh accuracy {f['accuracy']:.5f} IIA {f['iia']:.5f} "

@@ -27,6 +27,7 @@ SHIPPED = (
     "reversal",
     "sort",
     "modular_sum",
+    "all8",
 )
 RUN_FILES = ("run.json", "model.safetensors")
 CARD_FORMAT = "gridlens-groundtruth-card"
