@@ -403,7 +403,12 @@ def _eval_circuits(model, bench, test_tokens, out: Path) -> list[dict]:
 @click.option("--sae-steps", default=500, show_default=True)
 @click.option("--sae-k", default=8, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-@click.option("--threads", default=0, show_default=True, help="torch threads (0: default).")
+@click.option(
+    "--threads",
+    default=0,
+    show_default=True,
+    help="torch threads of one process (0: one single-threaded process per available core).",
+)
 @click.option(
     "--out", "out_dir", type=click.Path(file_okay=False), default="scoreboard", show_default=True
 )
@@ -414,6 +419,7 @@ def score(runs, sites, train_saes, saes, n_per_task, sae_steps, sae_k, seed, thr
 
     from gridlens.groundtruth.iit import _jsonable, load_run
     from gridlens.groundtruth.scoreboard import (
+        available_cores,
         check_kinds,
         figure,
         load_user_sae,
@@ -433,6 +439,7 @@ def score(runs, sites, train_saes, saes, n_per_task, sae_steps, sae_k, seed, thr
         raise ConfigError(f"--train-saes {bad} not in {ARCHITECTURES} or --n-per-task < 4")
     if threads:
         torch.set_num_threads(threads)
+    workers = 1 if threads else available_cores()
     user = [load_user_sae(s) for s in saes]
     models = {}
     for run in (r for r in runs.split(",") if r):
@@ -449,7 +456,7 @@ def score(runs, sites, train_saes, saes, n_per_task, sae_steps, sae_k, seed, thr
         "seed": seed,
     }
     t0 = time.perf_counter()
-    board = scoreboard(models, cfg, user, log=click.echo)
+    board = scoreboard(models, cfg, user, log=click.echo, workers=workers)
     board["seconds"] = time.perf_counter() - t0
     paths = out_paths(Path(out_dir))
     text = json.dumps(_jsonable(board), indent=1) + "\n"

@@ -24,6 +24,7 @@ The ``none`` row is the IIA of interchanging nothing: how often the output does 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,63 +301,166 @@ def _builtin(kind: str, fit: dict, y_fit: torch.Tensor, hook: str, archs, steps,
     return methods
 
 
-def score_benchmark(name, model, bench, cfg: dict, user_saes: list[LoadedSAE], log) -> dict:
-    """{row label: {variable: cell}} for one model: built-in methods per site kind and layer,
-    the loaded SAEs that fit it, and the `none` reference."""
+def benchmark_tokens(bench: Benchmark, cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fit, test) inputs of one model, ``n_per_task`` in all per task, drawn from ``seed``."""
     import numpy as np
 
     rng = np.random.default_rng(cfg["seed"])
     fit_tokens, _ = bench.generate(cfg["n_per_task"] // 2, rng)
     test_tokens, _ = bench.generate(cfg["n_per_task"] - cfg["n_per_task"] // 2, rng)
-    rows: dict[str, dict] = {"none": {}}
-    for var in bench.variable_names:
-        rows["none"][var] = {"iia": none_iia(model, bench, test_tokens, var)}
-    layers: dict[int, list[str]] = {}
-    for var in bench.variable_names:
-        layers.setdefault(home_layer(bench, var), []).append(var)
-    for kind in cfg["sites"]:
-        for layer, variables in sorted(layers.items()):
-            hook = SITE_KINDS[kind].format(layer=layer)
-            fit = collect_site(model, bench, fit_tokens, hook, None)
-            test = collect_site(model, bench, test_tokens, hook, None)
-            y_fit = targets(bench, fit, test, variables)[0]
-            args = (cfg["train_saes"], cfg["sae_steps"], cfg["sae_k"], cfg["seed"])
-            for method, units in _builtin(kind, fit, y_fit, hook, *args).items():
-                cells = score_units(
-                    model, bench, units, fit, test, test_tokens, (hook, None), variables
-                )
-                rows.setdefault(f"{method} · {kind}", {}).update(cells)
-            log(f"{name}: {kind} layer {layer} scored")
+    return fit_tokens, test_tokens
+
+
+def board_parts(bench: Benchmark, cfg: dict) -> list[tuple[str, int | None]]:
+    """A model's independent pieces of work, in row order: the `none` reference, each site
+    kind at each layer that holds a variable, the loaded SAEs."""
+    layers = sorted({home_layer(bench, var) for var in bench.variable_names})
+    sites = [(kind, layer) for kind in cfg["sites"] for layer in layers]
+    return [("none", None), *sites, ("saes", None)]
+
+
+def score_site(model, bench, cfg: dict, tokens, kind: str, layer: int) -> dict:
+    """{row label: {variable: cell}} of the built-in methods at one site kind and layer."""
+    fit_tokens, test_tokens = tokens
+    variables = [var for var in bench.variable_names if home_layer(bench, var) == layer]
+    hook = SITE_KINDS[kind].format(layer=layer)
+    fit = collect_site(model, bench, fit_tokens, hook, None)
+    test = collect_site(model, bench, test_tokens, hook, None)
+    y_fit = targets(bench, fit, test, variables)[0]
+    args = (cfg["train_saes"], cfg["sae_steps"], cfg["sae_k"], cfg["seed"])
+    return {
+        f"{method} · {kind}": score_units(
+            model, bench, units, fit, test, test_tokens, (hook, None), variables
+        )
+        for method, units in _builtin(kind, fit, y_fit, hook, *args).items()
+    }
+
+
+def score_loaded(name, model, bench, test_tokens, user_saes: list[LoadedSAE]) -> dict:
+    """{row label: {variable: cell}} of the loaded SAEs that fit the model."""
+    rows = {}
     for s in user_saes:
         if _fits(model, name, s, test_tokens):
             test = collect_site(model, bench, test_tokens, s.hook, s.head)
             label = f"{s.name} · {s.hook}" + (f"[{s.head}]" if s.head is not None else "")
+            site = (s.hook, s.head)
+            units = sae_units(s.sae)
             rows[label] = score_units(
-                model,
-                bench,
-                sae_units(s.sae),
-                test,
-                test,
-                test_tokens,
-                (s.hook, s.head),
-                bench.variable_names,
+                model, bench, units, test, test, test_tokens, site, bench.variable_names
             )
     return rows
 
 
-def scoreboard(runs: dict, cfg: dict, user_saes: list[LoadedSAE], log=print) -> dict:
+def score_part(name, model, bench, cfg, user_saes, tokens, part) -> dict:
+    """{row label: {variable: cell}} of one of :func:`board_parts`."""
+    kind, layer = part
+    if kind == "none":
+        return {
+            "none": {v: {"iia": none_iia(model, bench, tokens[1], v)} for v in bench.variable_names}
+        }
+    if kind == "saes":
+        return score_loaded(name, model, bench, tokens[1], user_saes)
+    return score_site(model, bench, cfg, tokens, kind, layer)
+
+
+def score_benchmark(name, model, bench, cfg: dict, user_saes: list[LoadedSAE], log) -> dict:
+    """{row label: {variable: cell}} for one model: built-in methods per site kind and layer,
+    the loaded SAEs that fit it, and the `none` reference."""
+    tokens = benchmark_tokens(bench, cfg)
+    rows: dict[str, dict] = {}
+    for part in board_parts(bench, cfg):
+        for label, cells in score_part(name, model, bench, cfg, user_saes, tokens, part).items():
+            rows.setdefault(label, {}).update(cells)
+        if part[1] is not None:
+            log(f"{name}: {part[0]} layer {part[1]} scored")
+    return rows
+
+
+_SHARED: dict = {}  # what forked workers read: the runs, their inputs, cfg, loaded SAEs
+
+
+def _score_job(job: tuple[str, tuple]) -> tuple[tuple, dict]:
+    name, part = job
+    (model, bench), tokens = _SHARED["runs"][name], _SHARED["tokens"][name]
+    rows = score_part(name, model, bench, _SHARED["cfg"], _SHARED["saes"], tokens, part)
+    return job, rows
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _job_cost(runs: dict, job: tuple[str, tuple]) -> float:
+    """A rough cost, to start the longest jobs first: parameters x tasks (sites only)."""
+    model, bench = runs[job[0]]
+    return 0.0 if job[1][1] is None else model_size(model) * len(bench.tasks)
+
+
+def model_size(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def score_parts(runs: dict, cfg: dict, user_saes: list[LoadedSAE], log, workers: int) -> dict:
+    """{(name, part): rows} for every part of every model, in board order. ``workers`` > 1
+    (where processes can fork): that many single-threaded worker processes, longest jobs
+    first; torch on two threads spends more time waiting on small operations than computing
+    on them, processes do not share them."""
+    import multiprocessing as mp
+
+    jobs = [(name, part) for name, (_m, bench) in runs.items() for part in board_parts(bench, cfg)]
+    _SHARED.update(
+        runs=runs,
+        tokens={name: benchmark_tokens(bench, cfg) for name, (_m, bench) in runs.items()},
+        cfg=cfg,
+        saes=user_saes,
+    )
+    results = {}
+    try:
+        if workers > 1 and "fork" in mp.get_all_start_methods():
+            order = sorted(jobs, key=lambda job: -_job_cost(runs, job))
+            with mp.get_context("fork").Pool(workers, initializer=_one_thread) as pool:
+                for job, rows in pool.imap_unordered(_score_job, order):
+                    results[job] = rows
+                    _log_job(log, job)
+        else:
+            for job in jobs:
+                results[job] = _score_job(job)[1]
+                _log_job(log, job)
+    finally:
+        _SHARED.clear()
+    return {job: results[job] for job in jobs}
+
+
+def available_cores() -> int:
+    """The cores this process may run on (all of the machine's where the OS cannot say)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _log_job(log, job) -> None:
+    name, (kind, layer) = job
+    if layer is not None:
+        log(f"{name}: {kind} layer {layer} scored")
+
+
+def scoreboard(
+    runs: dict, cfg: dict, user_saes: list[LoadedSAE], log=print, workers: int = 1
+) -> dict:
     """The board over ``runs`` ({name: (model, benchmark)}): columns are (benchmark, variable),
-    rows methods; a row's cell is None where the method does not apply to that model."""
-    columns, by_row = [], {}
-    for name, (model, bench) in runs.items():
-        for var in bench.variable_names:
-            home = bench.correspondence[var].label
-            columns.append(
-                {"key": f"{name}/{var}", "benchmark": name, "variable": var, "home": home}
-            )
-        for label, cells in score_benchmark(name, model, bench, cfg, user_saes, log).items():
-            row = by_row.setdefault(label, {})
-            row.update({f"{name}/{var}": cell for var, cell in cells.items()})
+    rows methods; a row's cell is None where the method does not apply to that model.
+    ``workers`` > 1: the parts of all models are shared among that many forked processes."""
+    columns = [
+        {"key": f"{name}/{var}", "benchmark": name, "variable": var,
+         "home": bench.correspondence[var].label}
+        for name, (_model, bench) in runs.items()
+        for var in bench.variable_names
+    ]  # fmt: skip
+    results = score_parts(runs, cfg, user_saes, log, workers)
+    by_row: dict[str, dict] = {}
+    for (name, _part), rows in results.items():
+        for label, cells in rows.items():
+            by_row.setdefault(label, {}).update({f"{name}/{v}": c for v, c in cells.items()})
     unused = [s.name for s in user_saes if not any(r.startswith(f"{s.name} · ") for r in by_row)]
     if unused:
         raise ConfigError(f"SAE(s) {unused} fit none of the models {list(runs)} (site or width)")
