@@ -40,6 +40,7 @@ from gridlens.world import generate
 
 # topk-sparse: our TopK against SAELens's TopK with use_sparse_activations=True (its COO path)
 # topk-ghost: our TopK with improved ghost grads (half the latents marked dead) instead of AuxK
+# topk-auxk: our TopK with its AuxK loss on the same half of the latents marked dead
 # gated-trained: gated after 1000 untimed training steps (L0 near k: a trained gated SAE's
 # sparsity, where our sparse kernels take over), the same weights on both sides
 ARCHS = (
@@ -51,6 +52,7 @@ ARCHS = (
     "gated",
     "gated-trained",
     "topk-ghost",
+    "topk-auxk",
 )
 HOOK = "blocks.3.hook_mlp_out"
 
@@ -92,6 +94,7 @@ def sae_lens_trainer(arch: str, d_in: int, d_sae: int, k: int, batch: int):
         "gated": lambda: sae_lens.GatedTrainingSAEConfig(d_in=d_in, d_sae=d_sae),
         "gated-trained": lambda: sae_lens.GatedTrainingSAEConfig(d_in=d_in, d_sae=d_sae),
         "topk-ghost": lambda: sae_lens.TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k),
+        "topk-auxk": lambda: sae_lens.TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k),
     }[arch]()
     sae = sae_lens.TrainingSAE.from_dict(cfg.to_dict())
     trainer_cfg = SAETrainerConfig(
@@ -111,7 +114,8 @@ def bench_steps(model, args) -> list[str]:
     train_cfg = SAETrainConfig(tokens=args.batch * 10**6, batch_size=args.batch, lr=1e-3)
     for d_sae in args.sizes:
         for arch in args.archs:
-            ours_arch = arch.removesuffix("-sparse").removesuffix("-ghost").removesuffix("-trained")
+            ours_arch = arch.removesuffix("-sparse").removesuffix("-ghost").removesuffix("-auxk")
+            ours_arch = ours_arch.removesuffix("-trained")
             sae = build_sae(SAEConfig(128, d_sae, ours_arch, HOOK, k=args.k), seed=0).train()
             opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
             ghost = arch.endswith("-ghost")
@@ -122,7 +126,8 @@ def bench_steps(model, args) -> list[str]:
                 with torch.no_grad():
                     l0_before = float((sae.encode(batches[0]) > 0).sum(-1).float().mean())
             since_fired = torch.zeros(d_sae, dtype=torch.long)
-            dead = (torch.arange(d_sae) % 2 == 0) if ghost else None
+            half_dead = ghost or arch.endswith("-auxk")
+            dead = (torch.arange(d_sae) % 2 == 0) if half_dead else None
 
             def ours(x, sae=sae, opt=opt, since_fired=since_fired, cfg=cfg, dead=dead):
                 result = train_step(sae, opt, x, cfg, dead, 1.0)
@@ -169,9 +174,10 @@ def bench_steps(model, args) -> list[str]:
                 line += f"  L0 {l0_before:.1f} before the steps, {float(l0):.1f} after"
             print(line, flush=True)
             lines.append(line)
-        for arch in ("gated", "gated-trained", "topk-ghost"):
-            if arch in ours_ms and "topk" in ours_ms:
-                line = f"{arch} d_sae {d_sae}: {ours_ms[arch] / ours_ms['topk']:.2f}x our TopK step"
+        for arch, base in (("gated", "topk"), ("gated-trained", "topk"), ("topk-ghost", "topk"),
+                           ("topk-ghost", "topk-auxk")):  # fmt: skip
+            if arch in ours_ms and base in ours_ms:
+                line = f"{arch} d_sae {d_sae}: {ours_ms[arch] / ours_ms[base]:.2f}x our {base} step"
                 print(line, flush=True)
                 lines.append(line)
     return lines
