@@ -41,8 +41,8 @@ from gridlens.world import generate
 # topk-sparse: our TopK against SAELens's TopK with use_sparse_activations=True (its COO path)
 # topk-ghost: our TopK with improved ghost grads (half the latents marked dead) instead of AuxK
 # topk-auxk: our TopK with its AuxK loss on the same half of the latents marked dead
-# gated-trained: gated after 1000 untimed training steps (L0 near k: a trained gated SAE's
-# sparsity, where our sparse kernels take over), the same weights on both sides
+# gated-trained: gated after 1000 untimed training steps steered to L0 = k (a trained gated
+# SAE's sparsity, where our sparse kernels take over), the same weights on both sides
 ARCHS = (
     "relu",
     "topk",
@@ -68,12 +68,17 @@ def activations(model, rows: int, seed: int) -> torch.Tensor:
     return x * (x.shape[1] / x.pow(2).sum(1).mean()).sqrt()
 
 
-def settle_gated(sae, opt, x: torch.Tensor, cfg: SAETrainConfig, steps: int = 1000) -> None:
-    """Train a gated SAE (untimed, batches of 512 rows of x) until few gates open, as in a
-    trained gated SAE; cfg's L1 coefficient sets how few."""
+def settle_gated(sae, opt, x: torch.Tensor, cfg: SAETrainConfig, k: int, steps: int = 1000):
+    """Train a gated SAE (untimed, batches of 512 rows of x) until about k gates open per row,
+    as in a trained gated SAE, steering the L1 coefficient towards that every 100 steps;
+    returns the config with the coefficient it ended at."""
     generator = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        train_step(sae, opt, x[torch.randint(len(x), (512,), generator=generator)], cfg)
+    for step in range(1, steps + 1):
+        result = train_step(sae, opt, x[torch.randint(len(x), (512,), generator=generator)], cfg)
+        if step % 100 == 0:
+            l1 = cfg.l1_coefficient * (float(result.l0) / k) ** 0.5
+            cfg = cfg.replace(l1_coefficient=l1)
+    return cfg
 
 
 def sae_lens_trainer(arch: str, d_in: int, d_sae: int, k: int, batch: int):
@@ -122,7 +127,7 @@ def bench_steps(model, args) -> list[str]:
             cfg = train_cfg.replace(ghost_grads="improved") if ghost else train_cfg
             if arch == "gated-trained":  # go on from the settled state, optimiser included
                 cfg = train_cfg.replace(l1_coefficient=args.gated_l1)
-                settle_gated(sae, opt, torch.cat(batches), cfg)
+                cfg = settle_gated(sae, opt, torch.cat(batches), cfg, args.k)
                 with torch.no_grad():
                     l0_before = float((sae.encode(batches[0]) > 0).sum(-1).float().mean())
             since_fired = torch.zeros(d_sae, dtype=torch.long)
@@ -260,7 +265,7 @@ def main() -> None:
     )
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument(
-        "--gated-l1", type=float, default=0.7, help="gated-trained: L1 coefficient of the settling"
+        "--gated-l1", type=float, default=0.7, help="gated-trained: first L1 coefficient"
     )
     parser.add_argument("--archs", type=lambda s: s.split(","), default=list(ARCHS))
     parser.add_argument("--steps", type=int, default=5, help="timed steps per repeat")

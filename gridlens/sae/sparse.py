@@ -67,52 +67,25 @@ class _SparseEncode(torch.autograd.Function):
     def backward(ctx, grad_values):
         x, W_enc, b_dec, rows, cols, values = ctx.saved_tensors
         g = torch.where(values > 0, grad_values, torch.zeros_like(grad_values))
-        grad_x, grad_W_enc, grad_b_enc, grad_b_dec = _selected_backward(
-            ctx.needs_input_grad, x, W_enc, b_dec, rows, cols, g
-        )
+        d_sae = W_enc.shape[1]
+        grad_b_enc = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, cols, g)
+        grad_x = grad_W_enc = grad_b_dec = None
+        n_rows = x.shape[0]
+        offsets = _row_offsets(rows, n_rows)
+        if ctx.needs_input_grad[1]:
+            # dL/dW_enc[:, c] = sum over entries (r, c) of g * (x[r] - b_dec): the backward of an
+            # embedding bag over the rows of W_enc^T with output gradient x - b_dec
+            table = W_enc.detach().t().contiguous().requires_grad_(True)
+            with torch.enable_grad():
+                bag = F.embedding_bag(cols, table, offsets, mode="sum", per_sample_weights=g)
+            (grad_table,) = torch.autograd.grad(bag, table, grad_outputs=x - b_dec)
+            grad_W_enc = grad_table.t()
+        if ctx.needs_input_grad[3]:
+            grad_b_dec = -(W_enc @ grad_b_enc)
+        if ctx.needs_input_grad[0]:
+            table = W_enc.detach().t().contiguous()
+            grad_x = F.embedding_bag(cols, table, offsets, mode="sum", per_sample_weights=g)
         return grad_x, grad_W_enc, grad_b_enc, grad_b_dec, None, None, None
-
-
-class _SelectedProducts(torch.autograd.Function):
-    """Selected entries of (x - b_dec) @ W_enc (computed by the caller without a graph), with a
-    backward over those entries only. Inputs as _SparseEncode's, without b_enc."""
-
-    @staticmethod
-    def forward(ctx, x, W_enc, b_dec, rows, cols, selected):
-        ctx.save_for_backward(x, W_enc, b_dec, rows, cols)
-        return selected.clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        x, W_enc, b_dec, rows, cols = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        grad_x, grad_W_enc, _, grad_b_dec = _selected_backward(
-            (needs[0], needs[1], False, needs[2]), x, W_enc, b_dec, rows, cols, g
-        )
-        return grad_x, grad_W_enc, grad_b_dec, None, None, None
-
-
-def _selected_backward(needs, x, W_enc, b_dec, rows, cols, g):
-    """Gradients (x, W_enc, per-column sum, b_dec) of sum(g * ((x - b_dec) @ W_enc)[rows, cols]),
-    with ``needs`` flags for (x, W_enc, the column sum, b_dec)."""
-    d_sae = W_enc.shape[1]
-    grad_columns = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, cols, g)
-    grad_x = grad_W_enc = grad_b_dec = None
-    offsets = _row_offsets(rows, x.shape[0])
-    if needs[1]:
-        # dL/dW_enc[:, c] = sum over entries (r, c) of g * (x[r] - b_dec): the backward of an
-        # embedding bag over the rows of W_enc^T with output gradient x - b_dec
-        table = W_enc.detach().t().contiguous().requires_grad_(True)
-        with torch.enable_grad():
-            bag = F.embedding_bag(cols, table, offsets, mode="sum", per_sample_weights=g)
-        (grad_table,) = torch.autograd.grad(bag, table, grad_outputs=x - b_dec)
-        grad_W_enc = grad_table.t()
-    if needs[3]:
-        grad_b_dec = -(W_enc @ grad_columns)
-    if needs[0]:
-        table = W_enc.detach().t().contiguous()
-        grad_x = F.embedding_bag(cols, table, offsets, mode="sum", per_sample_weights=g)
-    return grad_x, grad_W_enc, grad_columns if needs[2] else None, grad_b_dec
 
 
 def _row_offsets(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
@@ -187,13 +160,12 @@ def gated_encode(
     indices [nnz], offsets [rows]); None when more than ``max_density`` of them are open. Every
     term of the gated loss (the decode, the L1 of relu(pi_gate), the auxiliary decode) is zero
     off the open gates, and so is its gradient."""
-    with torch.no_grad():
-        shared = (x - b_dec) @ W_enc
-        open_gates = shared + b_gate > 0
-        if int(open_gates.sum()) > max_density * open_gates.numel():
-            return None
-        rows, cols = open_gates.nonzero(as_tuple=True)
-    products = _SelectedProducts.apply(x, W_enc, b_dec, rows, cols, shared[rows, cols])
-    gate = products + b_gate[cols]
-    magnitude = torch.relu(products * r_mag.exp()[cols] + b_mag[cols])
+    pi_gate = _pre_activation(x, W_enc, b_gate, b_dec)
+    open_gates = pi_gate > 0
+    if int(open_gates.count_nonzero()) > max_density * open_gates.numel():
+        return None
+    rows, cols = open_gates.nonzero(as_tuple=True)
+    # the open gates' pi_gate is positive, so _SparseEncode's relu keeps it as it is
+    gate = _SparseEncode.apply(x, W_enc, b_gate, b_dec, rows, cols, pi_gate[rows, cols])
+    magnitude = torch.relu((gate - b_gate[cols]) * r_mag.exp()[cols] + b_mag[cols])
     return gate, magnitude, cols, _row_offsets(rows, x.shape[0])
