@@ -40,7 +40,20 @@ from gridlens.world import generate
 
 # topk-sparse: our TopK against SAELens's TopK with use_sparse_activations=True (its COO path)
 # topk-ghost: our TopK with improved ghost grads (half the latents marked dead) instead of AuxK
-ARCHS = ("relu", "topk", "topk-sparse", "batchtopk", "jumprelu", "gated", "topk-ghost")
+# topk-auxk: our TopK with its AuxK loss on the same half of the latents marked dead
+# gated-trained: gated after 1000 untimed training steps steered to L0 = k (a trained gated
+# SAE's sparsity, where our sparse kernels take over), the same weights on both sides
+ARCHS = (
+    "relu",
+    "topk",
+    "topk-sparse",
+    "batchtopk",
+    "jumprelu",
+    "gated",
+    "gated-trained",
+    "topk-ghost",
+    "topk-auxk",
+)
 HOOK = "blocks.3.hook_mlp_out"
 
 
@@ -53,6 +66,19 @@ def activations(model, rows: int, seed: int) -> torch.Tensor:
     quizzes = generate("default", rows // 100 + 1, seed=seed).tokens
     x = collect(model, quizzes, HOOK, "grid", batch_size=64)[:rows]
     return x * (x.shape[1] / x.pow(2).sum(1).mean()).sqrt()
+
+
+def settle_gated(sae, opt, x: torch.Tensor, cfg: SAETrainConfig, k: int, steps: int = 1000):
+    """Train a gated SAE (untimed, batches of 512 rows of x) until about k gates open per row,
+    as in a trained gated SAE, steering the L1 coefficient towards that every 100 steps;
+    returns the config with the coefficient it ended at."""
+    generator = torch.Generator().manual_seed(0)
+    for step in range(1, steps + 1):
+        result = train_step(sae, opt, x[torch.randint(len(x), (512,), generator=generator)], cfg)
+        if step % 100 == 0:
+            l1 = cfg.l1_coefficient * (float(result.l0) / k) ** 0.5
+            cfg = cfg.replace(l1_coefficient=l1)
+    return cfg
 
 
 def sae_lens_trainer(arch: str, d_in: int, d_sae: int, k: int, batch: int):
@@ -71,7 +97,9 @@ def sae_lens_trainer(arch: str, d_in: int, d_sae: int, k: int, batch: int):
         "batchtopk": lambda: sae_lens.BatchTopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k),
         "jumprelu": lambda: sae_lens.JumpReLUTrainingSAEConfig(d_in=d_in, d_sae=d_sae),
         "gated": lambda: sae_lens.GatedTrainingSAEConfig(d_in=d_in, d_sae=d_sae),
+        "gated-trained": lambda: sae_lens.GatedTrainingSAEConfig(d_in=d_in, d_sae=d_sae),
         "topk-ghost": lambda: sae_lens.TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k),
+        "topk-auxk": lambda: sae_lens.TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k),
     }[arch]()
     sae = sae_lens.TrainingSAE.from_dict(cfg.to_dict())
     trainer_cfg = SAETrainerConfig(
@@ -91,13 +119,20 @@ def bench_steps(model, args) -> list[str]:
     train_cfg = SAETrainConfig(tokens=args.batch * 10**6, batch_size=args.batch, lr=1e-3)
     for d_sae in args.sizes:
         for arch in args.archs:
-            ours_arch = arch.removesuffix("-sparse").removesuffix("-ghost")
+            ours_arch = arch.removesuffix("-sparse").removesuffix("-ghost").removesuffix("-auxk")
+            ours_arch = ours_arch.removesuffix("-trained")
             sae = build_sae(SAEConfig(128, d_sae, ours_arch, HOOK, k=args.k), seed=0).train()
             opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
-            since_fired = torch.zeros(d_sae, dtype=torch.long)
             ghost = arch.endswith("-ghost")
             cfg = train_cfg.replace(ghost_grads="improved") if ghost else train_cfg
-            dead = (torch.arange(d_sae) % 2 == 0) if ghost else None
+            if arch == "gated-trained":  # go on from the settled state, optimiser included
+                cfg = train_cfg.replace(l1_coefficient=args.gated_l1)
+                cfg = settle_gated(sae, opt, torch.cat(batches), cfg, args.k)
+                with torch.no_grad():
+                    l0_before = float((sae.encode(batches[0]) > 0).sum(-1).float().mean())
+            since_fired = torch.zeros(d_sae, dtype=torch.long)
+            half_dead = ghost or arch.endswith("-auxk")
+            dead = (torch.arange(d_sae) % 2 == 0) if half_dead else None
 
             def ours(x, sae=sae, opt=opt, since_fired=since_fired, cfg=cfg, dead=dead):
                 result = train_step(sae, opt, x, cfg, dead, 1.0)
@@ -105,6 +140,8 @@ def bench_steps(model, args) -> list[str]:
                 since_fired[result.fired] = 0
 
             trainer = sae_lens_trainer(arch, 128, d_sae, args.k, args.batch)
+            if arch == "gated-trained":
+                trainer.sae.load_state_dict(sae.state_dict())
 
             def theirs(x, trainer=trainer):
                 trainer.step(x)
@@ -136,11 +173,16 @@ def bench_steps(model, args) -> list[str]:
                 f"ratio {cpu['SAELens'] / cpu['ours']:4.2f}x "
                 f"(wall {wall['SAELens'] / wall['ours']:4.2f}x)"
             )
+            if arch == "gated-trained":
+                with torch.no_grad():
+                    l0 = (sae.encode(batches[0]) > 0).sum(-1).float().mean()
+                line += f"  L0 {l0_before:.1f} before the steps, {float(l0):.1f} after"
             print(line, flush=True)
             lines.append(line)
-        for arch in ("gated", "topk-ghost"):
-            if arch in ours_ms and "topk" in ours_ms:
-                line = f"{arch} d_sae {d_sae}: {ours_ms[arch] / ours_ms['topk']:.2f}x our TopK step"
+        for arch, base in (("gated", "topk"), ("gated-trained", "topk"), ("topk-ghost", "topk"),
+                           ("topk-ghost", "topk-auxk")):  # fmt: skip
+            if arch in ours_ms and base in ours_ms:
+                line = f"{arch} d_sae {d_sae}: {ours_ms[arch] / ours_ms[base]:.2f}x our {base} step"
                 print(line, flush=True)
                 lines.append(line)
     return lines
@@ -222,6 +264,9 @@ def main() -> None:
         "--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[1024, 4096]
     )
     parser.add_argument("--k", type=int, default=32)
+    parser.add_argument(
+        "--gated-l1", type=float, default=0.7, help="gated-trained: first L1 coefficient"
+    )
     parser.add_argument("--archs", type=lambda s: s.split(","), default=list(ARCHS))
     parser.add_argument("--steps", type=int, default=5, help="timed steps per repeat")
     parser.add_argument("--repeats", type=int, default=3)

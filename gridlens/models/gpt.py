@@ -398,11 +398,16 @@ class GridGPT(nn.Module):
             if post is None:
                 x = self._attention_part(block, layer, x, active, kv, start, z)
                 y = self._ln(block.ln2, x, active, names, "ln2")
-                pre = F.linear(y, block.mlp.fc_in.weight, block.mlp.fc_in.bias)
-                pre = site(active, names["mlp.hook_pre"], pre)
-                # in place unless a hook saw `pre` (a cache keeps it): a fresh buffer of
-                # batch x pos x d_mlp floats costs more in page faults than the ReLU itself
-                post = F.relu(pre, inplace=not active.get(names["mlp.hook_pre"]))
+                # the product as a 2-D tensor, so that the ReLU can run in place on it rather
+                # than on a view (an in-place op on a view makes autograd copy the whole buffer
+                # in backward); a fresh batch x pos x d_mlp buffer costs more in page faults
+                # than the ReLU itself. Not in place if a hook saw `pre` (a cache keeps it).
+                flat = F.linear(y.flatten(0, -2), block.mlp.fc_in.weight, block.mlp.fc_in.bias)
+                pre = site(active, names["mlp.hook_pre"], flat.view(*y.shape[:-1], -1))
+                if active.get(names["mlp.hook_pre"]):
+                    post = F.relu(pre)
+                else:
+                    post = F.relu_(flat).view(pre.shape)
             post = site(active, names["mlp.hook_post"], post)
             out = F.linear(post, block.mlp.fc_out.weight, block.mlp.fc_out.bias)
         out = site(active, names["hook_mlp_out"], out)

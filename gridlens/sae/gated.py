@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from gridlens.sae.model import SAEConfig, SparseAutoencoder
+from gridlens.sae.sparse import gated_encode, sparse_decode
 from gridlens.sae.transcoder import Transcoder, TranscoderConfig
 
 GATED_WEIGHTS = ("W_enc", "W_dec", "b_dec", "b_gate", "b_mag", "r_mag")
@@ -53,6 +54,28 @@ class GatedSAE(SparseAutoencoder):
         self.W_enc *= norms[None, :]
         self.b_gate *= norms
         self.b_mag *= norms
+
+
+# Above this share of open gates the dense products beat the sparse kernels (about 15% at 1024
+# latents on one CPU thread: benchmarks/sae_speed.py, "gated at L0 = k")
+SPARSE_GATES_BELOW = 0.1
+
+
+def sparse_gated_terms(sae: GatedSAE, x: torch.Tensor):
+    """The gated loss's pieces through the sparse kernels: (reconstruction, L1 of relu(pi_gate)
+    weighted by decoder norms, auxiliary loss, latent values [nnz], their indices [nnz]); None
+    when too many gates are open for the kernels to pay. Equal to the dense terms."""
+    encoded = gated_encode(
+        x, sae.W_enc, sae.b_gate, sae.r_mag, sae.b_mag, sae.b_dec, SPARSE_GATES_BELOW
+    )
+    if encoded is None:
+        return None
+    gate, magnitude, index, offsets = encoded
+    recon = sparse_decode(magnitude, index, sae.W_dec, sae.b_dec, offsets)
+    sparsity = (gate * sae.W_dec.norm(dim=1)[index]).sum() / x.shape[0]
+    via_gate = sparse_decode(gate, index, sae.W_dec.detach(), sae.b_dec.detach(), offsets)
+    aux = (via_gate - x).pow(2).sum(-1).mean()
+    return recon, sparsity, aux, magnitude, index
 
 
 def gated_latents(pi_gate: torch.Tensor, pi_mag: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Sparse training kernels for TopK and BatchTopK SAEs: work proportional to the active latents.
+"""Sparse training kernels for TopK, BatchTopK and gated SAEs: work proportional to the active
+latents.
 
 A TopK SAE keeps k of d_sae latents per row, yet the dense formulation (SAELens's) scatters them
 into a [rows, d_sae] matrix, multiplies it by the whole decoder and back-propagates through that
@@ -10,6 +11,9 @@ product and the scatter. Here the active latents stay as (values, indices):
   graph, selects, and its custom backward sends the gradient of the k values per row to the
   encoder through the same embedding-bag kernel (rows of W_enc^T), to b_enc by a bincount and to
   b_dec by one mat-vec, never materialising a dense [rows, d_sae] gradient.
+
+A gated SAE's loss is zero off its open gates, gradient included, so once few gates open (a
+trained gated SAE's L0 is tens of latents) it trains through the same kernels (`gated_encode`).
 
 Values equal the dense `topk_rows` / `topk_batch` of gridlens.sae.model (up to ties) and so do
 the gradients; tests/sae/test_sae_sparse.py checks both.
@@ -141,3 +145,27 @@ def _batch_threshold(flat: torch.Tensor, n_keep: int) -> torch.Tensor:
     cut = candidates.kthvalue(candidates.numel() - n_keep + 1).values
     below_cut = torch.nextafter(cut, cut.new_tensor(float("-inf")))
     return torch.maximum(below_cut, cut.new_zeros(()))
+
+
+def gated_encode(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_gate: torch.Tensor,
+    r_mag: torch.Tensor,
+    b_mag: torch.Tensor,
+    b_dec: torch.Tensor,
+    max_density: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """A gated SAE's open gates as a row-sorted COO list: (pi_gate [nnz] > 0, relu(pi_mag) [nnz],
+    indices [nnz], offsets [rows]); None when more than ``max_density`` of them are open. Every
+    term of the gated loss (the decode, the L1 of relu(pi_gate), the auxiliary decode) is zero
+    off the open gates, and so is its gradient."""
+    pi_gate = _pre_activation(x, W_enc, b_gate, b_dec)
+    open_gates = pi_gate > 0
+    if int(open_gates.count_nonzero()) > max_density * open_gates.numel():
+        return None
+    rows, cols = open_gates.nonzero(as_tuple=True)
+    # the open gates' pi_gate is positive, so _SparseEncode's relu keeps it as it is
+    gate = _SparseEncode.apply(x, W_enc, b_gate, b_dec, rows, cols, pi_gate[rows, cols])
+    magnitude = torch.relu((gate - b_gate[cols]) * r_mag.exp()[cols] + b_mag[cols])
+    return gate, magnitude, cols, _row_offsets(rows, x.shape[0])

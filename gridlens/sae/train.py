@@ -49,7 +49,7 @@ from gridlens.errors import CheckpointError, ConfigError, unknown_name
 from gridlens.io import atomic_write
 from gridlens.sae.activations import ActivationStore, site_width
 from gridlens.sae.cache import ActivationCache, CachedStore
-from gridlens.sae.gated import build_sae, gated_latents
+from gridlens.sae.gated import GatedSAE, build_sae, gated_latents, sparse_gated_terms
 from gridlens.sae.model import SAEConfig, SparseAutoencoder, jump_step
 from gridlens.sae.sparse import batch_topk_encode, sparse_decode, topk_encode
 from gridlens.sae.transcoder import Transcoder, TranscoderConfig, fold_transcoder_scales
@@ -213,25 +213,19 @@ def sae_losses(
     target: torch.Tensor | None = None,
 ) -> StepResult:
     """The training loss of one batch of (normalised) activations. TopK and BatchTopK use the
-    sparse kernels of gridlens.sae.sparse (work proportional to the active latents).
+    sparse kernels of gridlens.sae.sparse (work proportional to the active latents), and so
+    does a gated SAE once few of its gates open.
     target: what to reconstruct (a transcoder's output site; default x itself)."""
     target = x if target is None else target
     skip = sae.skip_out(x) if isinstance(sae, Transcoder) else 0.0
     arch = sae.cfg.architecture
-    d_sae = sae.cfg.d_sae
     min_active = None
     if arch in ("topk", "batchtopk"):
-        if arch == "topk":
-            values, index = topk_encode(x, sae.W_enc, sae.b_enc, sae.b_in, sae.cfg.k)
-            recon = sparse_decode(values, index, sae.W_dec, sae.b_dec) + skip
-        else:
-            values, index, offsets = batch_topk_encode(x, sae.W_enc, sae.b_enc, sae.b_in, sae.cfg.k)
-            recon = sparse_decode(values, index, sae.W_dec, sae.b_dec, offsets) + skip
-        positive = values.detach() > 0
-        l0 = positive.sum() / x.shape[0]
-        fired = torch.bincount(index.reshape(-1)[positive.reshape(-1)], minlength=d_sae) > 0
-        if arch == "batchtopk" and positive.any():
-            min_active = values.detach()[positive].min()
+        recon, values, index = _topk_decode(sae, x)
+        recon = recon + skip
+        l0, fired = _sparse_activity(values, index, sae.cfg.d_sae, x.shape[0])
+        if arch == "batchtopk" and bool((values.detach() > 0).any()):
+            min_active = values.detach()[values.detach() > 0].min()
         mse = (recon - target).pow(2).sum(-1).mean()
         use_ghost = cfg.ghost_grads != "off"
         sparsity = (
@@ -239,18 +233,40 @@ def sae_losses(
         )
         total = mse + cfg.aux_coefficient * sparsity
     else:
-        latents, sparsity, coefficient, aux = _dense_terms(sae, x, cfg)
-        recon = sae.decode(latents) + skip
+        sparse = sparse_gated_terms(sae, x) if isinstance(sae, GatedSAE) else None
+        if sparse is not None:
+            recon, sparsity, aux, values, index = sparse
+            coefficient = cfg.l1_coefficient
+            l0, fired = _sparse_activity(values, index, sae.cfg.d_sae, x.shape[0])
+        else:
+            latents, sparsity, coefficient, aux = _dense_terms(sae, x, cfg)
+            recon = sae.decode(latents)
+            active = latents.detach() > 0
+            l0, fired = active.sum(-1).float().mean(), active.any(0)
+        recon = recon + skip
         mse = (recon - target).pow(2).sum(-1).mean()
         total = mse + coefficient * sparsity_scale * sparsity + aux
-        active = latents.detach() > 0
-        l0 = active.sum(-1).float().mean()
-        fired = active.any(0)
     result = StepResult(total, mse, sparsity.detach(), recon.detach(), l0, fired, min_active)
     if cfg.ghost_grads != "off":
         ghost = ghost_grads_loss(sae, x, recon, mse, dead, cfg.ghost_grads, target)
         result.total, result.ghost = total + ghost, ghost.detach()
     return result
+
+
+def _topk_decode(sae: SparseAutoencoder, x: torch.Tensor):
+    """TopK / BatchTopK through the sparse kernels: (reconstruction, values, indices)."""
+    if sae.cfg.architecture == "topk":
+        values, index = topk_encode(x, sae.W_enc, sae.b_enc, sae.b_in, sae.cfg.k)
+        return sparse_decode(values, index, sae.W_dec, sae.b_dec), values, index
+    values, index, offsets = batch_topk_encode(x, sae.W_enc, sae.b_enc, sae.b_in, sae.cfg.k)
+    return sparse_decode(values, index, sae.W_dec, sae.b_dec, offsets), values, index
+
+
+def _sparse_activity(values: torch.Tensor, index: torch.Tensor, d_sae: int, n_rows: int):
+    """(mean active latents per row, bool [d_sae] fired) of latents held as (values, indices)."""
+    positive = values.detach().reshape(-1) > 0
+    fired = torch.bincount(index.reshape(-1)[positive], minlength=d_sae) > 0
+    return positive.sum() / n_rows, fired
 
 
 def _dense_terms(

@@ -1,13 +1,16 @@
 """The gated SAE: its encoder and auxiliary loss against hand computations, the decoder-norm
-fold, and that its training step moves the gate through the auxiliary loss only."""
+fold, that its training step moves the gate through the auxiliary loss only, and that its
+sparse kernels give the dense loss and gradients."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from gridlens.sae import gated
 from gridlens.sae.gated import GatedSAE
 from gridlens.sae.model import SAEConfig
+from gridlens.sae.train import SAETrainConfig, sae_losses
 
 
 def small_gated() -> GatedSAE:
@@ -47,3 +50,45 @@ def test_normalize_decoder_keeps_outputs():
     sae.normalize_decoder()
     torch.testing.assert_close(sae(x)[0], before, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(12))
+
+
+def few_open_gates(share: float, seed: int = 3) -> tuple[GatedSAE, torch.Tensor]:
+    """A gated SAE whose gate biases open about ``share`` of the gates on the returned batch."""
+    sae = GatedSAE(SAEConfig(16, 64, "gated", hook_name="s"), seed=seed)
+    x = torch.randn(200, 16, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        for p in (sae.b_mag, sae.r_mag, sae.b_dec):
+            p.copy_(torch.randn(p.shape) * 0.2)
+        shared = (x - sae.b_dec) @ sae.W_enc
+        sae.b_gate.copy_(-shared.quantile(1 - share, dim=0))
+    return sae, x
+
+
+def losses_and_grads(sae: GatedSAE, x: torch.Tensor, sparse_below: float, monkeypatch):
+    """sae_losses with the sparse kernels allowed up to ``sparse_below`` open gates."""
+    monkeypatch.setattr(gated, "SPARSE_GATES_BELOW", sparse_below)
+    sae.zero_grad()
+    result = sae_losses(sae, x, SAETrainConfig(l1_coefficient=0.3), None)
+    result.total.backward()
+    grads = {name: p.grad.clone() for name, p in sae.named_parameters()}
+    return result, grads
+
+
+def test_sparse_gated_loss_equals_the_dense_one_with_its_gradients(monkeypatch):
+    sae, x = few_open_gates(0.05)
+    dense, dense_grads = losses_and_grads(sae, x, 0.0, monkeypatch)
+    sparse, sparse_grads = losses_and_grads(sae, x, 1.0, monkeypatch)
+    assert gated.sparse_gated_terms(sae, x) is not None  # the sparse path did run
+    for field in ("total", "mse", "sparsity", "recon", "l0"):
+        torch.testing.assert_close(getattr(sparse, field), getattr(dense, field))
+    assert torch.equal(sparse.fired, dense.fired) and 0 < float(dense.l0) < 0.1 * 64
+    for name, grad in dense_grads.items():
+        torch.testing.assert_close(sparse_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_many_open_gates_take_the_dense_products(monkeypatch):
+    sae, x = few_open_gates(0.5)
+    monkeypatch.setattr(gated, "SPARSE_GATES_BELOW", 0.1)
+    assert gated.sparse_gated_terms(sae, x) is None
+    result = sae_losses(sae, x, SAETrainConfig(), None)
+    assert float(result.l0) > 0.2 * 64 and torch.isfinite(result.total)
