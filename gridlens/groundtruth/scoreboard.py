@@ -365,14 +365,11 @@ def score_part(name, model, bench, cfg, user_saes, tokens, part) -> dict:
 
 def score_benchmark(name, model, bench, cfg: dict, user_saes: list[LoadedSAE], log) -> dict:
     """{row label: {variable: cell}} for one model: built-in methods per site kind and layer,
-    the loaded SAEs that fit it, and the `none` reference."""
-    tokens = benchmark_tokens(bench, cfg)
+    the loaded SAEs that fit it, and the `none` reference (in this process)."""
     rows: dict[str, dict] = {}
-    for part in board_parts(bench, cfg):
-        for label, cells in score_part(name, model, bench, cfg, user_saes, tokens, part).items():
+    for part_rows in score_parts({name: (model, bench)}, cfg, user_saes, log, 1).values():
+        for label, cells in part_rows.items():
             rows.setdefault(label, {}).update(cells)
-        if part[1] is not None:
-            log(f"{name}: {part[0]} layer {part[1]} scored")
     return rows
 
 
@@ -393,18 +390,15 @@ def _one_thread() -> None:
 def _job_cost(runs: dict, job: tuple[str, tuple]) -> float:
     """A rough cost, to start the longest jobs first: parameters x tasks (sites only)."""
     model, bench = runs[job[0]]
-    return 0.0 if job[1][1] is None else model_size(model) * len(bench.tasks)
-
-
-def model_size(model) -> int:
-    return sum(p.numel() for p in model.parameters())
+    size = sum(p.numel() for p in model.parameters())
+    return 0.0 if job[1][1] is None else size * len(bench.tasks)
 
 
 def score_parts(runs: dict, cfg: dict, user_saes: list[LoadedSAE], log, workers: int) -> dict:
     """{(name, part): rows} for every part of every model, in board order. ``workers`` > 1
-    (where processes can fork): that many single-threaded worker processes, longest jobs
-    first; torch on two threads spends more time waiting on small operations than computing
-    on them, processes do not share them."""
+    (where processes can fork): that many single-threaded forked processes, longest jobs first
+    (why processes: two torch threads in one process wait for each other at every one of the
+    many small operations here, far longer than they compute; processes do not)."""
     import multiprocessing as mp
 
     jobs = [(name, part) for name, (_m, bench) in runs.items() for part in board_parts(bench, cfg)]
