@@ -331,9 +331,7 @@ def aux_k_loss(
     """AuxK: the dead latents with the k_aux largest pre-activations reconstruct the residual
     x - x_hat (detached) with those pre-activations as they are (no ReLU, as SAELens: a latent
     whose pre-activation went negative still gets a gradient); scaled by min(dead / k_aux, 1).
-    Zero when nothing is dead. Only the dead latents' pre-activations are computed. The decode
-    is dense when k_aux is at least a quarter of the dead latents (a small SAE: one matmul then
-    beats the embedding bag, twice as fast at 128 of 217), sparse otherwise."""
+    Zero when nothing is dead. Only the dead latents' pre-activations are computed."""
     dead_index = dead.nonzero().flatten() if dead is not None else None
     if dead_index is None or len(dead_index) == 0:
         return x.new_zeros(())
@@ -342,10 +340,7 @@ def aux_k_loss(
     scale = min(n_dead / k_aux, 1.0)
     pre = (x - sae.b_in) @ sae.W_enc[:, dead_index] + sae.b_enc[dead_index]
     values, index = pre.topk(min(k_aux, n_dead), dim=-1)
-    if 4 * k_aux >= n_dead:
-        aux = torch.zeros_like(pre).scatter(-1, index, values) @ sae.W_dec[dead_index]
-    else:
-        aux = sparse_decode(values, index, sae.W_dec[dead_index], torch.zeros_like(sae.b_dec))
+    aux = sparse_decode(values, index, sae.W_dec[dead_index], torch.zeros_like(sae.b_dec))
     residual = ((x if target is None else target) - recon).detach()
     return scale * (aux - residual).pow(2).sum(-1).mean()
 
