@@ -150,7 +150,7 @@ def train_probes(
     """One-vs-rest logistic-regression probes (one per column of y) on standardised
     activations; returns (directions [V, d] in activation space, biases [V]). Full-batch Adam
     on the distinct (activation, target) rows, each weighted by how often it occurs: the same
-    loss as on every row (early positions repeat across inputs), in 40-60% of the time."""
+    loss as on every row (early positions repeat across inputs), in 25-60% of the time."""
     torch.manual_seed(seed)
     mu, sd = acts.mean(0), acts.std(0).clamp(min=1e-6)
     pos = y.float().mean(0).clamp(1e-4, 1 - 1e-4)
