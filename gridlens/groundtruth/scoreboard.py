@@ -397,8 +397,9 @@ def _job_cost(runs: dict, job: tuple[str, tuple]) -> float:
 def score_parts(runs: dict, cfg: dict, user_saes: list[LoadedSAE], log, workers: int) -> dict:
     """{(name, part): rows} for every part of every model, in board order. ``workers`` > 1
     (where processes can fork): that many single-threaded forked processes, longest jobs first
-    (why processes: two torch threads in one process wait for each other at every one of the
-    many small operations here, far longer than they compute; processes do not)."""
+    (why processes: on these small operations two torch threads in one process spend 25% more
+    CPU on idle cores, and once another job shares the cores they wait for each other far
+    longer than they compute; processes do not)."""
     import multiprocessing as mp
 
     jobs = [(name, part) for name, (_m, bench) in runs.items() for part in board_parts(bench, cfg)]
