@@ -68,6 +68,11 @@ def activations(model, rows: int, seed: int) -> torch.Tensor:
     return x * (x.shape[1] / x.pow(2).sum(1).mean()).sqrt()
 
 
+@torch.no_grad()
+def mean_l0(sae, x: torch.Tensor) -> float:
+    return float((sae.encode(x) > 0).sum(-1).float().mean())
+
+
 def settle_gated(sae, opt, x: torch.Tensor, cfg: SAETrainConfig, k: int, steps: int = 1000):
     """Train a gated SAE (untimed, batches of 512 rows of x) until about k gates open per row,
     as in a trained gated SAE, steering the L1 coefficient towards that every 100 steps;
@@ -119,8 +124,7 @@ def bench_steps(model, args) -> list[str]:
     train_cfg = SAETrainConfig(tokens=args.batch * 10**6, batch_size=args.batch, lr=1e-3)
     for d_sae in args.sizes:
         for arch in args.archs:
-            ours_arch = arch.removesuffix("-sparse").removesuffix("-ghost").removesuffix("-auxk")
-            ours_arch = ours_arch.removesuffix("-trained")
+            ours_arch = arch.split("-")[0]  # the variants above add a "-suffix"
             sae = build_sae(SAEConfig(128, d_sae, ours_arch, HOOK, k=args.k), seed=0).train()
             opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
             ghost = arch.endswith("-ghost")
@@ -128,8 +132,7 @@ def bench_steps(model, args) -> list[str]:
             if arch == "gated-trained":  # go on from the settled state, optimiser included
                 cfg = train_cfg.replace(l1_coefficient=args.gated_l1)
                 cfg = settle_gated(sae, opt, torch.cat(batches), cfg, args.k)
-                with torch.no_grad():
-                    l0_before = float((sae.encode(batches[0]) > 0).sum(-1).float().mean())
+                l0_before = mean_l0(sae, batches[0])
             since_fired = torch.zeros(d_sae, dtype=torch.long)
             half_dead = ghost or arch.endswith("-auxk")
             dead = (torch.arange(d_sae) % 2 == 0) if half_dead else None
@@ -174,9 +177,8 @@ def bench_steps(model, args) -> list[str]:
                 f"(wall {wall['SAELens'] / wall['ours']:4.2f}x)"
             )
             if arch == "gated-trained":
-                with torch.no_grad():
-                    l0 = (sae.encode(batches[0]) > 0).sum(-1).float().mean()
-                line += f"  L0 {l0_before:.1f} before the steps, {float(l0):.1f} after"
+                l0_after = mean_l0(sae, batches[0])
+                line += f"  L0 {l0_before:.1f} before the steps, {l0_after:.1f} after"
             print(line, flush=True)
             lines.append(line)
         for arch, base in (("gated", "topk"), ("gated-trained", "topk"), ("topk-ghost", "topk"),

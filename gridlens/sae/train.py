@@ -224,8 +224,9 @@ def sae_losses(
         recon, values, index = _topk_decode(sae, x)
         recon = recon + skip
         l0, fired = _sparse_activity(values, index, sae.cfg.d_sae, x.shape[0])
-        if arch == "batchtopk" and bool((values.detach() > 0).any()):
-            min_active = values.detach()[values.detach() > 0].min()
+        positive = values.detach()[values.detach() > 0]
+        if arch == "batchtopk" and positive.numel():
+            min_active = positive.min()
         mse = (recon - target).pow(2).sum(-1).mean()
         use_ghost = cfg.ghost_grads != "off"
         sparsity = (
